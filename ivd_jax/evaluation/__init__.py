@@ -1,0 +1,1 @@
+"""FID / IS / KID and 3D-consistency metrics."""

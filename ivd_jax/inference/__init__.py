@@ -1,0 +1,1 @@
+"""Sequential multi-view sampling and exports."""

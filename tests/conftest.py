@@ -1,0 +1,30 @@
+"""Test setup: 8 simulated CPU devices and a persistent compilation cache.
+
+XLA_FLAGS must be set before jax is imported anywhere, so it happens at the top of this file.
+"""
+import os
+import pathlib
+import tempfile
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update('jax_compilation_cache_dir',
+                  os.path.join(tempfile.gettempdir(), 'ivd_jax_test_jax_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / 'shared' / 'fixtures' / 'official'
+
+
+@pytest.fixture(scope='session')
+def fixtures_dir() -> pathlib.Path:
+  """The authors' reference arrays; tests that need them skip when the folder is absent."""
+  if not FIXTURES.is_dir():
+    pytest.skip(f'reference fixtures not found at {FIXTURES}')
+  return FIXTURES
