@@ -1,0 +1,111 @@
+"""Device mesh and the one rule table that decides how every array is sharded.
+
+The mesh has two axes, ('data', 'fsdp'). Batches are split over both axes (every device holds a
+different slice of the global batch). Parameters and optimizer state are split over 'fsdp' along
+their largest dimension that 'fsdp' divides, and replicated when no dimension qualifies (or the
+array is too small to be worth splitting). With fsdp = 1 this is plain data parallelism.
+"""
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ivd_jax import errors
+
+MESH_AXES = ('data', 'fsdp')
+# The batch axis of every input array is split over both mesh axes.
+BATCH_SPEC = P(MESH_AXES)
+# Arrays with fewer elements than this stay replicated: splitting biases and norm scales saves
+# nothing and costs a collective each.
+MIN_SHARDED_SIZE = 2**14
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int]:
+  """Turns config.mesh.shape (one entry may be -1: "the rest") into concrete sizes.
+
+  Raises:
+    ConfigError: when the shape does not match the number of devices.
+  """
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != 2:
+    raise errors.ConfigError('mesh.shape', f'{shape} has {len(shape)} entries',
+                             "give two sizes for the axes ('data', 'fsdp'), e.g. (-1, 1)")
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise errors.ConfigError('mesh.shape', f'{shape} is not a valid mesh shape',
+                             'use positive sizes, at most one of them -1 (all remaining devices)')
+  if -1 in shape:
+    known = int(np.prod([s for s in shape if s != -1]))
+    if num_devices % known:
+      raise errors.ConfigError(
+          'mesh.shape', f'{shape} cannot cover {num_devices} devices',
+          f'make the fixed axis size divide the device count {num_devices}')
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if int(np.prod(shape)) != num_devices:
+    raise errors.ConfigError(
+        'mesh.shape', f'{shape} has {int(np.prod(shape))} devices but {num_devices} are present',
+        f'use a shape whose product is {num_devices}, e.g. ({num_devices}, 1) or (-1, 1)')
+  return shape
+
+
+def make_mesh(mesh_config: Any, devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:
+  """Builds the ('data', 'fsdp') mesh from config.mesh (field `shape`).
+
+  Args:
+    mesh_config: config.mesh; `shape` is (data, fsdp), one entry may be -1.
+    devices: defaults to all devices (all processes).
+
+  Returns:
+    A mesh with explicit Auto axis types, so `in_shardings` style jit works on every JAX version.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = resolve_mesh_shape(mesh_config.shape, len(devices))
+  axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if devices == list(jax.devices()):
+    # jax.make_mesh orders devices for the physical topology (ICI rings on TPU).
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types)
+  return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+
+
+def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
+  """How many ways the global batch is split."""
+  return int(np.prod([mesh.shape[a] for a in MESH_AXES]))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Sharding of [B, ...] input arrays: batch split over ('data', 'fsdp')."""
+  return NamedSharding(mesh, BATCH_SPEC)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def param_spec(shape: Sequence[int], fsdp_size: int) -> P:
+  """The rule: shard the largest dimension divisible by fsdp_size over 'fsdp', else replicate.
+
+  Ties go to the last such dimension (output channels of convolutions and dense kernels), which
+  keeps the sharded dimension contiguous per device.
+  """
+  if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+    return P()
+  best = None
+  for i, d in enumerate(shape):
+    if d % fsdp_size == 0 and (best is None or d >= shape[best]):
+      best = i
+  if best is None:
+    return P()
+  spec = [None] * len(shape)
+  spec[best] = 'fsdp'
+  return P(*spec)
+
+
+def tree_shardings(mesh: jax.sharding.Mesh, tree: Any) -> Any:
+  """NamedShardings for a pytree of arrays (or ShapeDtypeStructs) by the rule table."""
+  fsdp = mesh.shape['fsdp']
+
+  def one(x):
+    return NamedSharding(mesh, param_spec(np.shape(x), fsdp))
+
+  return jax.tree.map(one, tree)
