@@ -1,0 +1,276 @@
+"""Monocular disparity for `prepare`: a batched, mesh-sharded, jitted DPT depth estimator.
+
+Hook (METHOD 3, the contract's `config.data.estimator`):
+
+  config.data.estimator = 'ivd_jax.models.depth_estimator:estimator'
+  config.data.estimator_kwargs = {'weights': '/path/dpt_beit_large_512.npz'}
+
+`estimator(**kwargs)` returns fn(images uint8 [B, H, W, 3]) -> np.float32 [B, H, W] raw disparity
+on the scale of the reference's MiDaS files, which prepare turns into zbuf with
+`geometry.depth.zbuf_from_midas`. Weights files come from `python -m ivd_jax.tools.convert_depth`.
+
+Inside one jitted function per (batch, height, width), with the batch sharded over the mesh:
+  1. the model's own image processor (transformers' DPTImageProcessor): resize with
+     keep-aspect-ratio "as little as possible" to multiples of 32 (BEiT) / 14 (DINOv2),
+     bicubic with antialiasing, uint8 rounding, rescale, mean/std normalisation;
+  2. the network (models/dpt.py);
+  3. resize back to the image, bicubic (align_corners=False), as MiDaS' run.py and
+     transformers' post_process_depth_estimation do;
+  4. the scale (see `normalization` below).
+
+The disparity scale. DPT models predict affine-invariant inverse depth: their training loss
+aligns scale and shift per image, so the absolute scale of the raw output is an arbitrary,
+per-checkpoint convention (MiDaS v3.1 BEiT models output thousands, Depth Anything single
+digits to tens). The reference fixed its depth scale through MiDaS `dpt_beit_large_512`'s raw
+output (METHOD 3 divides it by 6250, so raw 6250 is depth 1, the orbit centre of METHOD 2).
+  - 'none': the raw output. Exactly the reference's scale for the converted
+    `dpt_beit_large_512` (same network, same processor): the default for BEiT checkpoints.
+  - 'median' (default for every other checkpoint, e.g. Depth Anything V2): a per-image scale
+    (no shift, so zero disparity stays at infinity: sky stays on the far plane) that puts the
+    image's median disparity at `target_median` (default 6250, i.e. median depth = 1 = the
+    orbit centre the reference's cameras turn around). Per-image, because the scale of an
+    affine-invariant model is not comparable between checkpoints, only within an image.
+  - 'scale': a fixed factor `scale`, for a factor calibrated against the reference
+    (`fit_scale` on images that have both, e.g. the reference's own MiDaS files or this
+    module's BEiT estimator).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import flax
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import jax.numpy as jnp
+import numpy as np
+
+from ivd_jax import errors
+from ivd_jax.models import dpt
+
+# transformers' IMAGENET_STANDARD_* (MiDaS BEiT) and IMAGENET_DEFAULT_* (Depth Anything).
+HALF = (0.5, 0.5, 0.5)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# METHOD 3: the reference divides raw MiDaS disparity by this, so this raw value is depth 1.
+REFERENCE_DISPARITY_AT_DEPTH_1 = 6250.0
+NORMALIZATIONS = ('auto', 'none', 'median', 'scale')
+_CONFIG_KEY = '__config__'
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """transformers' DPTImageProcessor settings (the fields that matter for inference)."""
+  size: tuple[int, int] = (512, 512)  # (height, width) target before aspect/multiple rules
+  keep_aspect_ratio: bool = True
+  ensure_multiple_of: int = 32
+  mean: tuple[float, float, float] = HALF
+  std: tuple[float, float, float] = HALF
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> 'Preprocessing':
+    return cls(size=tuple(d['size']), keep_aspect_ratio=bool(d['keep_aspect_ratio']),
+               ensure_multiple_of=int(d['ensure_multiple_of']), mean=tuple(d['mean']),
+               std=tuple(d['std']))
+
+
+def default_preprocessing(config: dpt.DPTConfig) -> Preprocessing:
+  """The published processors: MiDaS BEiT-512 (0.5 mean/std, x32), Depth Anything (518, x14)."""
+  if config.backbone.absolute_position_embeddings and config.backbone.patch_size == 14:
+    return Preprocessing(size=(518, 518), ensure_multiple_of=14, mean=IMAGENET_MEAN,
+                         std=IMAGENET_STD)
+  s = config.backbone.image_size
+  return Preprocessing(size=(s, s), ensure_multiple_of=32, mean=HALF, std=HALF)
+
+
+def network_input_size(height: int, width: int, pre: Preprocessing) -> tuple[int, int]:
+  """DPTImageProcessor's output size: scale as little as possible, then snap to the multiple."""
+
+  def snap(val: float) -> int:
+    m = pre.ensure_multiple_of
+    x = round(val / m) * m
+    return x if x >= m else math.ceil(val / m) * m  # never 0 (min_val = 0 in transformers)
+
+  scale_h, scale_w = pre.size[0] / height, pre.size[1] / width
+  if pre.keep_aspect_ratio:
+    if abs(1 - scale_w) < abs(1 - scale_h):
+      scale_h = scale_w
+    else:
+      scale_w = scale_h
+  return snap(scale_h * height), snap(scale_w * width)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights files: one .npz with the flattened params and the JSON config.
+
+
+def save_depth_model(path: str, config: dpt.DPTConfig, params: Any,
+                     preprocessing: Preprocessing | None = None) -> None:
+  """Writes params (float32) + model and preprocessing config to one .npz file."""
+  preprocessing = preprocessing or default_preprocessing(config)
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
+  arrays = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+  meta = {'model': config.to_dict(), 'preprocessing': preprocessing.to_dict()}
+  arrays[_CONFIG_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'wb') as f:  # a file object keeps np.savez from appending '.npz'
+    np.savez(f, **arrays)
+
+
+def load_depth_model(path: str) -> tuple[dpt.DPTConfig, dict[str, Any], Preprocessing]:
+  """Reads a file written by save_depth_model -> (config, params, preprocessing)."""
+  if not os.path.isfile(path):
+    raise errors.UserError(
+        f'depth weights file {path!r} not found. Fix: convert a checkpoint with '
+        '`python -m ivd_jax.tools.convert_depth --checkpoint DIR --output FILE.npz` and pass '
+        'FILE.npz as estimator_kwargs.weights')
+  with np.load(path) as data:
+    if _CONFIG_KEY not in data:
+      raise errors.UserError(f'{path!r} is not an ivd_jax depth weights file (no config). Fix: '
+                             'write it with ivd_jax.tools.convert_depth')
+    meta = json.loads(bytes(data[_CONFIG_KEY]).decode())
+    flat = {k: np.asarray(data[k]) for k in data.files if k != _CONFIG_KEY}
+  params = flax.traverse_util.unflatten_dict(flat, sep='/')
+  return (dpt.DPTConfig.from_dict(meta['model']), params,
+          Preprocessing.from_dict(meta['preprocessing']))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale.
+
+
+def fit_scale(disparity: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
+  """Global factor s with s * disparity ~ reference (median of per-image median ratios).
+
+  For 'scale' normalisation: pass this estimator's raw output (normalization='none') and the
+  reference disparity (the reference's MiDaS files, or the BEiT estimator) for the same images.
+  """
+  ratios = []
+  for d, r in zip(disparity, reference):
+    d, r = np.asarray(d, np.float64), np.asarray(r, np.float64)
+    valid = (d > 0) & (r > 0)
+    if valid.any():
+      ratios.append(np.median(r[valid]) / np.median(d[valid]))
+  if not ratios:
+    raise errors.UserError('fit_scale: no image has positive disparity in both inputs. Fix: '
+                           'pass raw (normalization="none") disparity maps of the same images')
+  return float(np.median(ratios))
+
+
+def _apply_normalization(d: jax.Array, mode: str, target_median: float,
+                         scale: float) -> jax.Array:
+  if mode == 'median':
+    med = jnp.median(d.reshape(d.shape[0], -1), axis=1)
+    return d * (target_median / jnp.maximum(med, 1e-12))[:, None, None]
+  if mode == 'scale':
+    return d * scale
+  return d
+
+
+# ---------------------------------------------------------------------------------------------
+# The estimator.
+
+
+class DepthEstimator:
+  """Callable: images uint8 [B, H, W, 3] -> np.float32 [B, H, W] disparity (MiDaS scale).
+
+  Args:
+    weights: a .npz written by tools/convert_depth.py.
+    batch_size: images per device step (rounded up to a multiple of the device count); the last
+      chunk is padded, so one compilation serves a whole folder of equal-size images.
+    normalization: 'auto' | 'none' | 'median' | 'scale' (module docstring).
+    target_median: median disparity for 'median'.
+    scale: factor for 'scale'.
+    dtype: 'float32' or 'bfloat16' compute (bfloat16 for accelerators; softmax stays float32).
+    mesh: a jax Mesh with axes ('data', 'fsdp'); default: all local devices on 'data'
+      (each process annotates its own files).
+  """
+
+  def __init__(self, weights: str, *, batch_size: int = 8, normalization: str = 'auto',
+               target_median: float = REFERENCE_DISPARITY_AT_DEPTH_1, scale: float = 1.0,
+               dtype: str = 'float32', mesh: jax.sharding.Mesh | None = None):
+    if normalization not in NORMALIZATIONS:
+      raise errors.ConfigError('data.estimator_kwargs.normalization',
+                               f'unknown value {normalization!r}', f'use one of {NORMALIZATIONS}')
+    if dtype not in ('float32', 'bfloat16'):
+      raise errors.ConfigError('data.estimator_kwargs.dtype', f'unknown dtype {dtype!r}',
+                               "use 'float32' or 'bfloat16'")
+    if not target_median > 0 or not scale > 0:
+      raise errors.ConfigError('data.estimator_kwargs', 'target_median and scale must be > 0',
+                               'pass positive numbers')
+    self.config, params, self.preprocessing = load_depth_model(weights)
+    if normalization == 'auto':
+      # The converted MiDaS BEiT is the reference's own model: its raw output is the scale.
+      beit = self.config.backbone.relative_position_bias
+      normalization = 'none' if beit else 'median'
+    self.normalization = normalization
+    if mesh is None:
+      devices = jax.local_devices()
+      mesh = jax.make_mesh((len(devices), 1), ('data', 'fsdp'),
+                           axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
+    self.mesh = mesh
+    n = mesh.shape['data'] * mesh.shape['fsdp']
+    self.batch_size = -(-max(1, int(batch_size)) // n) * n
+    self._batch_sharding = NamedSharding(mesh, P(('data', 'fsdp')))
+    compute = jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32
+    params = jax.tree.map(lambda x: jnp.asarray(x, compute), params)
+    self._params = jax.device_put(params, NamedSharding(mesh, P()))
+    self._model = dpt.DPT(self.config)
+    self._compute = compute
+    self._target_median = float(target_median)
+    self._scale = float(scale)
+    self._fns: dict[tuple[int, int], Callable[..., jax.Array]] = {}
+
+  def _fn(self, height: int, width: int) -> Callable[..., jax.Array]:
+    if (height, width) not in self._fns:
+      pre = self.preprocessing
+      nh, nw = network_input_size(height, width, pre)
+      mean = np.asarray(pre.mean, np.float32)
+      std = np.asarray(pre.std, np.float32)
+
+      def forward(params, images):  # [B, H, W, 3] uint8 -> [B, H, W] float32
+        x = images.astype(jnp.float32)
+        x = jax.image.resize(x, (x.shape[0], nh, nw, 3), 'bicubic', antialias=True)
+        x = jnp.clip(jnp.round(x), 0, 255)  # the processor resizes uint8 images
+        x = ((x / 255.0 - mean) / std).astype(self._compute)
+        d = self._model.apply({'params': params}, x).astype(jnp.float32)
+        d = dpt.torch_interpolate(d[..., None], (height, width), mode='bicubic',
+                                  align_corners=False)[..., 0]
+        return _apply_normalization(d, self.normalization, self._target_median, self._scale)
+
+      self._fns[(height, width)] = jax.jit(
+          forward, in_shardings=(NamedSharding(self.mesh, P()), self._batch_sharding),
+          out_shardings=self._batch_sharding)
+    return self._fns[(height, width)]
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+      raise errors.UserError(f'depth estimator expects uint8 images [B, H, W, 3], got '
+                             f'{images.dtype} {images.shape}. Fix: pass RGB uint8 batches')
+    b, h, w, _ = images.shape
+    fn = self._fn(h, w)
+    out = np.empty((b, h, w), np.float32)
+    for start in range(0, b, self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      k = chunk.shape[0]
+      if k < self.batch_size:  # pad with copies so every chunk reuses one compilation
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - k, 0)])
+      x = jax.device_put(chunk, self._batch_sharding)
+      out[start:start + k] = np.asarray(fn(self._params, x))[:k]
+    return out
+
+
+def estimator(**kwargs: Any) -> DepthEstimator:
+  """The contract's factory: `estimator(weights=..., **options)` -> callable (DepthEstimator)."""
+  if 'weights' not in kwargs or not kwargs['weights']:
+    raise errors.ConfigError('data.estimator_kwargs.weights', 'no depth weights file given',
+                             'set it to a .npz written by `python -m ivd_jax.tools.convert_depth`')
+  return DepthEstimator(**kwargs)

@@ -1,0 +1,279 @@
+"""ViT backbones of the DPT depth models: BEiT (MiDaS v3.1) and DINOv2 (Depth Anything V2).
+
+Both follow `transformers` exactly (BeitBackbone and Dinov2Backbone as DPTForDepthEstimation and
+DepthAnythingForDepthEstimation call them): pre-norm blocks with layer scale, exact (erf) GELU,
+softmax attention; BEiT adds a relative position bias per layer (bilinearly resized to the
+input's patch grid, the MiDaS v3.1 rule), DINOv2 an absolute position embedding (bicubically
+resized). One module covers both because they differ only in those switches.
+
+Also home of `torch_interpolate`, the resize with PyTorch's `F.interpolate` sampling rules that
+the backbones and the DPT neck need to reproduce the reference bit for bit (jax.image.resize
+antialiases on downsampling and uses a different cubic kernel).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# PyTorch's bicubic kernel parameter (Keys cubic with a = -0.75).
+_TORCH_CUBIC_A = -0.75
+
+
+@functools.lru_cache(maxsize=256)
+def _interp_matrix(in_size: int, out_size: int, mode: str, align_corners: bool) -> np.ndarray:
+  """[out, in] weights of torch's 1-D linear/cubic interpolation (border indices clamped)."""
+  dst = np.arange(out_size, dtype=np.float64)
+  if align_corners:
+    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    src = dst * scale
+  else:
+    src = (dst + 0.5) * (in_size / out_size) - 0.5
+    if mode == 'linear':
+      src = np.maximum(src, 0.0)  # torch clamps negative source indices for linear modes only
+  base = np.floor(src).astype(np.int64)
+  t = src - base
+  weights = np.zeros((out_size, in_size), np.float64)
+  rows = np.arange(out_size)
+  if mode == 'linear':
+    taps = [(base, 1.0 - t), (np.minimum(base + 1, in_size - 1), t)]
+  elif mode == 'cubic':
+    a = _TORCH_CUBIC_A
+
+    def near(x):  # |x| <= 1
+      return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+      return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    taps = [(base - 1, far(t + 1)), (base, near(t)), (base + 1, near(1 - t)),
+            (base + 2, far(2 - t))]
+  else:
+    raise ValueError(f'unknown interpolation mode {mode!r}')
+  for index, w in taps:
+    np.add.at(weights, (rows, np.clip(index, 0, in_size - 1)), w)
+  return weights.astype(np.float32)
+
+
+def torch_interpolate(x: jax.Array, size: tuple[int, int], *, mode: str,
+                      align_corners: bool) -> jax.Array:
+  """`torch.nn.functional.interpolate` on NHWC arrays ('bilinear' or 'bicubic', no antialias).
+
+  Args:
+    x: [B, H, W, C].
+    size: output (height, width).
+    mode: 'bilinear' or 'bicubic'.
+    align_corners: as in torch.
+
+  Returns:
+    [B, size[0], size[1], C] in x's dtype.
+  """
+  kind = {'bilinear': 'linear', 'bicubic': 'cubic'}[mode]
+  _, h, w, _ = x.shape
+  if (h, w) == tuple(size):
+    return x  # both kernels are the identity at equal size
+  wh = jnp.asarray(_interp_matrix(h, size[0], kind, align_corners), x.dtype)
+  ww = jnp.asarray(_interp_matrix(w, size[1], kind, align_corners), x.dtype)
+  hp = jax.lax.Precision.HIGHEST
+  x = jnp.einsum('oh,bhwc->bowc', wh, x, precision=hp)
+  return jnp.einsum('pw,bowc->bopc', ww, x, precision=hp)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+  """A BEiT or DINOv2 backbone, in the terms of transformers' BeitConfig / Dinov2Config."""
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  patch_size: int = 16
+  image_size: int = 384  # pretraining size: sets the position-embedding / bias-table grid
+  layer_norm_eps: float = 1e-12
+  key_bias: bool = False  # BEiT has no key bias; DINOv2 has (qkv_bias)
+  query_value_bias: bool = True
+  relative_position_bias: bool = True  # BEiT, one table per layer
+  shared_relative_position_bias: bool = False  # BEiT, one table for all layers
+  absolute_position_embeddings: bool = False  # DINOv2 (and some BEiTs)
+  layer_scale: bool = True
+  swiglu: bool = False  # DINOv2 giant
+  apply_layernorm: bool = False  # DINOv2 backbones normalise the features they return
+  out_indices: tuple[int, ...] = (3, 6, 9, 12)  # 1-based layers whose output is returned
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> 'ViTConfig':
+    d = dict(d)
+    d['out_indices'] = tuple(d['out_indices'])
+    return cls(**d)
+
+
+def _layer_norm(eps: float, name: str) -> nn.LayerNorm:
+  # Two-pass variance like torch; the fast E[x^2] - E[x]^2 form loses digits on large means.
+  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
+
+
+def relative_position_index(window: tuple[int, int]) -> np.ndarray:
+  """BEiT's [N+1, N+1] index into the bias table for an h x w patch grid (cls token first)."""
+  h, w = window
+  num_relative = (2 * h - 1) * (2 * w - 1) + 3
+  coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing='ij')).reshape(2, -1)
+  rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)  # [N, N, 2]
+  rel[:, :, 0] += h - 1
+  rel[:, :, 1] += w - 1
+  rel[:, :, 0] *= 2 * w - 1
+  index = np.zeros((h * w + 1,) * 2, np.int64)
+  index[1:, 1:] = rel.sum(-1)
+  index[0, 0:] = num_relative - 3  # cls -> token
+  index[0:, 0] = num_relative - 2  # token -> cls
+  index[0, 0] = num_relative - 1  # cls -> cls
+  return index
+
+
+class RelativePositionBias(nn.Module):
+  """BEiT relative position bias, resized to the input's patch grid -> [heads, N+1, N+1]."""
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, window: tuple[int, int]) -> jax.Array:
+    cfg = self.config
+    pre = cfg.image_size // cfg.patch_size
+    old_h = old_w = 2 * pre - 1
+    table = self.param('relative_position_bias_table', nn.initializers.zeros,
+                       (old_h * old_w + 3, cfg.num_heads), jnp.float32)
+    new_h, new_w = 2 * window[0] - 1, 2 * window[1] - 1
+    # transformers reshapes the table as (old_width, old_height) before resizing it to
+    # (new_height, new_width); with the square pretraining grid the order is immaterial.
+    grid = table[:old_h * old_w].reshape(1, old_w, old_h, cfg.num_heads)
+    grid = torch_interpolate(grid, (new_h, new_w), mode='bilinear', align_corners=False)
+    table = jnp.concatenate([grid.reshape(new_h * new_w, cfg.num_heads), table[old_h * old_w:]])
+    index = relative_position_index(window)
+    n = index.shape[0]
+    bias = table[index.reshape(-1)].reshape(n, n, cfg.num_heads)
+    return bias.transpose(2, 0, 1)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with an optional additive bias [heads, N, N]."""
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: jax.Array | None) -> jax.Array:
+    cfg = self.config
+    head_dim = cfg.hidden_size // cfg.num_heads
+    b, n, _ = x.shape
+
+    def proj(name, use_bias):
+      y = nn.Dense(cfg.hidden_size, use_bias=use_bias, name=name)(x)
+      return y.reshape(b, n, cfg.num_heads, head_dim)
+
+    q = proj('q_proj', cfg.query_value_bias)
+    k = proj('k_proj', cfg.key_bias)
+    v = proj('v_proj', cfg.query_value_bias)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) * head_dim**-0.5
+    if bias is not None:
+      logits = logits + bias[None].astype(logits.dtype)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    out = jnp.einsum('bhqk,bkhd->bqhd', probs, v).reshape(b, n, cfg.hidden_size)
+    return nn.Dense(cfg.hidden_size, name='o_proj')(out)
+
+
+class Mlp(nn.Module):
+  """fc1 - GELU(erf) - fc2, or DINOv2's SwiGLU variant."""
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    if cfg.swiglu:
+      hidden = (int(cfg.mlp_dim * 2 / 3) + 7) // 8 * 8
+      gate = nn.Dense(hidden, name='gate_proj')(x)
+      up = nn.Dense(hidden, name='up_proj')(x)
+      return nn.Dense(cfg.hidden_size, name='down_proj')(jax.nn.silu(gate) * up)
+    x = jax.nn.gelu(nn.Dense(cfg.mlp_dim, name='fc1')(x), approximate=False)
+    return nn.Dense(cfg.hidden_size, name='fc2')(x)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block with layer scale (BEiT lambda_1/2, DINOv2 layer_scale1/2)."""
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, window: tuple[int, int],
+               shared_bias: jax.Array | None) -> jax.Array:
+    cfg = self.config
+    bias = shared_bias
+    if cfg.relative_position_bias:
+      own = RelativePositionBias(cfg, name='relative_position_bias')(window)
+      bias = own if bias is None else own + bias
+    ones = nn.initializers.ones
+    h = Attention(cfg, name='attention')(_layer_norm(cfg.layer_norm_eps, 'norm1')(x), bias)
+    if cfg.layer_scale:
+      h = h * self.param('lambda_1', ones, (cfg.hidden_size,), jnp.float32)
+    x = x + h
+    h = Mlp(cfg, name='mlp')(_layer_norm(cfg.layer_norm_eps, 'norm2')(x))
+    if cfg.layer_scale:
+      h = h * self.param('lambda_2', ones, (cfg.hidden_size,), jnp.float32)
+    return x + h
+
+
+class ViTBackbone(nn.Module):
+  """Patch embedding + transformer; returns the token features of `out_indices`.
+
+  __call__(pixels [B, H, W, 3]) -> list of [B, 1 + (H/p)(W/p), C] (cls token first).
+  """
+  config: ViTConfig
+
+  @nn.compact
+  def __call__(self, pixels: jax.Array) -> list[jax.Array]:
+    cfg = self.config
+    b, height, width, _ = pixels.shape
+    p = cfg.patch_size
+    window = (height // p, width // p)
+    x = nn.Conv(cfg.hidden_size, (p, p), strides=(p, p), padding='VALID',
+                name='patch_embeddings')(pixels)  # [B, h, w, C]
+    x = x.reshape(b, window[0] * window[1], cfg.hidden_size)
+    cls = self.param('cls_token', nn.initializers.zeros, (1, 1, cfg.hidden_size), jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, cfg.hidden_size)).astype(x.dtype), x], 1)
+    if cfg.absolute_position_embeddings:
+      x = x + self._position_embeddings(x.shape[1] - 1, height, width).astype(x.dtype)
+    shared = None
+    if cfg.shared_relative_position_bias:
+      shared = RelativePositionBias(cfg, name='shared_relative_position_bias')(window)
+    features = []
+    for i in range(cfg.num_layers):
+      x = Block(cfg, name=f'layers_{i}')(x, window, shared)
+      if i + 1 in cfg.out_indices:
+        features.append(x)
+    if cfg.apply_layernorm:
+      norm = _layer_norm(cfg.layer_norm_eps, 'layernorm')
+      features = [norm(f) for f in features]
+    return features
+
+  def _position_embeddings(self, num_patches: int, height: int, width: int) -> jax.Array:
+    cfg = self.config
+    grid = cfg.image_size // cfg.patch_size
+    table = self.param('position_embeddings', nn.initializers.normal(0.02),
+                       (1, grid * grid + 1, cfg.hidden_size), jnp.float32)
+    # Same rule as transformers: keep the table when the token count matches on a square input,
+    # otherwise resize the grid bicubically (align_corners=False) to the input's patch grid.
+    if num_patches == grid * grid and height == width:
+      return table
+    patch = table[:, 1:].reshape(1, grid, grid, cfg.hidden_size)
+    new = (height // cfg.patch_size, width // cfg.patch_size)
+    patch = torch_interpolate(patch, new, mode='bicubic', align_corners=False)
+    return jnp.concatenate([table[:, :1], patch.reshape(1, -1, cfg.hidden_size)], axis=1)
+
+
+def check_out_indices(out_indices: Sequence[int], num_layers: int) -> None:
+  """Raises ValueError unless out_indices are increasing 1-based layer numbers."""
+  if any(not 1 <= i <= num_layers for i in out_indices) or list(out_indices) != sorted(
+      set(out_indices)):
+    raise ValueError(f'out_indices {tuple(out_indices)} must be increasing layer numbers in '
+                     f'[1, {num_layers}]')
