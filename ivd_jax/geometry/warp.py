@@ -1,0 +1,421 @@
+"""The warp operator of METHOD 4 as a jittable scatter-based splat.
+
+The reference renders an RGB-D image as a triangle mesh on its pixel grid with OpenGL at 3x
+supersampling (SSAA). Here the same mesh is rasterised by point sampling: every grid quad (two
+triangles, split along the shorter 3D diagonal as the reference does) is sampled at K x K points
+(K = 2 * ssaa, so an unstretched quad puts ~4 samples into each target sub-pixel and a surface
+stretched up to ~1.4x still leaves no pinholes). Samples are interpolated linearly on their
+triangle, projected, and resolved per sub-pixel with a z-buffer (scatter-min of planar depth);
+the nearest sample of each sub-pixel wins and brings its colour and flags. Then METHOD 4:
+
+* a triangle is cut (a depth discontinuity) where BOTH max-min depth > atol and max-min inverse
+  depth > rtol over its three vertices; vertices of cut triangles are flagged and a triangle
+  whose three vertices are all flagged occludes but is not covered (the reference's shader
+  hides a fragment when its interpolated flag is ~1);
+* back-facing triangles occlude but are not covered;
+* a pixel is visible when more than 0.75 * ssaa^2 of its sub-pixels are covered; its colour is
+  the mean of the covered sub-pixels and its depth the centre sub-pixel's z-buffer value;
+* depth_edge removes pixels touched by 3 or more discontinuous neighbour pairs.
+
+Vertices with NaN/inf depth produce no triangles at all, so they can never be visible, and every
+output is finite. Everything works on single examples; use jax.vmap for batches.
+"""
+import functools
+from typing import Dict, NamedTuple, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ivd_jax.geometry import cameras
+from ivd_jax.geometry import depth as depth_lib
+
+# The reference's OpenGL near planes: SimpleRenderer clips at 0.1; geometry closer to the target
+# camera than this is discarded (METHOD 4 step 1).
+CLIP_NEAR = 0.1
+# The first warp of a forward-backward warp extends the source image by this many pixels of
+# replicated border depth and colour. The reference pads by `resolution` pixels, but only the
+# innermost pixels of that strip can land inside the source image again after the backward warp;
+# three pixels keep the backward mesh closed over the source border for any pi_1 of METHOD 5.
+FBW_BORDER = 3
+
+
+class Warped(NamedTuple):
+  """A warped RGB-D image: rgbd [H, W, 4] (zero outside the mask) and mask [H, W, 1] in {0, 1}."""
+  rgbd: jnp.ndarray
+  mask: jnp.ndarray
+
+
+@functools.lru_cache(maxsize=None)
+def _sample_pattern(k: int) -> Dict[str, np.ndarray]:
+  """Static sample positions in the unit quad and their per-diagonal interpolation terms.
+
+  A point of the quad with corners c00 (top-left), c01 (right), c10 (below), c11 is
+  c00 + s (c01 - c00) + t (c10 - c00) + m (c11 - c01 - c10 + c00), where m is min(s, t) when the
+  quad is split along c00-c11 (diagonal A) and max(s + t - 1, 0) when split along c01-c10
+  (diagonal B). `tri_*` says which of the quad's two triangles holds the sample.
+  """
+  g = (np.arange(k, dtype=np.float32) + 0.5) / k
+  t, s = np.meshgrid(g, g, indexing='ij')
+  s, t = s.reshape(-1), t.reshape(-1)
+  return dict(s=s, t=t, m_a=np.minimum(s, t), m_b=np.maximum(s + t - 1.0, 0.0),
+              tri_a=(t > s).astype(np.int32), tri_b=(s + t > 1.0).astype(np.int32))
+
+
+def _quad_corners(x: jnp.ndarray) -> Tuple[jnp.ndarray, ...]:
+  """The four corner views [Hv-1, Wv-1, ...] of a vertex grid [Hv, Wv, ...]."""
+  return x[:-1, :-1], x[:-1, 1:], x[1:, :-1], x[1:, 1:]
+
+
+def _triangle_corners(corners, diag_a):
+  """Vertices of the quad's two triangles, wound like (c00, c01, c11) of the source grid."""
+  c00, c01, c10, c11 = corners
+  pick = lambda a, b: jnp.where(diag_a[..., None], a, b) if a.ndim > diag_a.ndim else (
+      jnp.where(diag_a, a, b))
+  # Diagonal A: (c00, c01, c11) and (c00, c11, c10); diagonal B: (c00, c01, c10), (c01, c11, c10).
+  tri0 = (c00, c01, pick(c11, c10))
+  tri1 = (pick(c00, c01), c11, c10)
+  return tri0, tri1
+
+
+def cut_flags(depth: jnp.ndarray, diag_a: jnp.ndarray, *, atol: float, rtol: float
+              ) -> jnp.ndarray:
+  """Vertex flags [Hv, Wv] of the reference's mask_discontinuity: vertices of cut triangles.
+
+  A triangle is cut where BOTH max-min depth > atol and max-min inverse depth > rtol.
+  """
+  inv = 1.0 / jnp.maximum(depth, 1e-12)
+  per_tri = []
+  for tri_d, tri_i in zip(_triangle_corners(_quad_corners(depth), diag_a),
+                          _triangle_corners(_quad_corners(inv), diag_a)):
+    d = jnp.stack(tri_d)
+    i = jnp.stack(tri_i)
+    per_tri.append(((d.max(0) - d.min(0)) > atol) & ((i.max(0) - i.min(0)) > rtol))
+  cut0, cut1 = per_tri
+  both = cut0 | cut1
+  # Which triangles touch each corner: A: c00, c11 both, c01 tri0, c10 tri1;
+  # B: c01, c10 both, c00 tri0, c11 tri1.
+  f00 = jnp.where(diag_a, both, cut0)
+  f01 = jnp.where(diag_a, cut0, both)
+  f10 = jnp.where(diag_a, cut1, both)
+  f11 = jnp.where(diag_a, both, cut1)
+  pad = lambda x, r, c: jnp.pad(x, ((r, 1 - r), (c, 1 - c)))
+  return pad(f00, 0, 0) | pad(f01, 0, 1) | pad(f10, 1, 0) | pad(f11, 1, 1)
+
+
+def shorter_diagonal(points: jnp.ndarray) -> jnp.ndarray:
+  """[Hv-1, Wv-1] True where the quad is split along c00-c11 (the shorter 3D diagonal)."""
+  c00, c01, c10, c11 = _quad_corners(points)
+  return (jnp.linalg.norm(c00 - c11, axis=-1) < jnp.linalg.norm(c01 - c10, axis=-1))
+
+
+def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
+                flags: Sequence[jnp.ndarray], *, resolution: int, fov_deg: float, ssaa: int,
+                diag_a: jnp.ndarray, clip_near: float = CLIP_NEAR, nearest: bool = False
+                ) -> Dict[str, jnp.ndarray]:
+  """Splats a grid mesh given in TARGET camera coordinates into an SSAA z-buffer.
+
+  Args:
+    points: [Hv, Wv, 3] vertex positions in the target camera's frame (OpenGL).
+    payload: [Hv, Wv, C] per-vertex values interpolated on the triangles (colour, normals...).
+    exists: [Hv, Wv] bool; triangles with a missing vertex are not drawn at all.
+    flags: per-vertex bool grids; for each, a triangle carries the flag when all three of its
+      vertices carry it (the reference's interpolated-flag test).
+    resolution: output resolution N; the z-buffer has (ssaa N)^2 sub-pixels.
+    fov_deg: field of view of the target camera.
+    ssaa: supersampling factor.
+    diag_a: [Hv-1, Wv-1] quad split (see shorter_diagonal).
+    clip_near: samples closer than this planar depth are discarded.
+
+  Returns:
+    dict of per-sub-pixel [S, S] arrays (S = ssaa N): depth (planar; +inf where nothing was
+    drawn), hit (any sample), front (the winner's triangle faces the camera), flags [S, S, F]
+    and payload [S, S, C] of the winning sample.
+  """
+  hv, wv = exists.shape
+  k = 2 * ssaa
+  pattern = _sample_pattern(k)
+  kk = k * k
+  size = ssaa * resolution
+  f = cameras.focal_length(fov_deg)
+  points = jnp.where(exists[..., None], points, 0.0)  # no NaN enters the interpolation
+
+  corners = _quad_corners(points)
+  tri0, tri1 = _triangle_corners(corners, diag_a)
+  ex0, ex1 = _triangle_corners(_quad_corners(exists), diag_a)
+  tri_exists = jnp.stack([ex0[0] & ex0[1] & ex0[2], ex1[0] & ex1[1] & ex1[2]], -1)
+  # Front-facing in the target: the winding that the source grid has (see _triangle_corners)
+  # gives dot(cross(b - a, c - a), -a) < 0 for a camera at the origin.
+  front = jnp.stack([
+      jnp.sum(jnp.cross(b - a, c - a) * a, axis=-1) > 0 for a, b, c in (tri0, tri1)], -1)
+  tri_flags = []
+  for flag in flags:
+    f0, f1 = _triangle_corners(_quad_corners(flag), diag_a)
+    tri_flags.append(jnp.stack([f0[0] & f0[1] & f0[2], f1[0] & f1[1] & f1[2]], -1))
+
+  # Samples: [Q, K^2] positions on their triangles (exact: the mesh is piecewise linear).
+  c00, c01, c10, c11 = (c.reshape(-1, 1, 3) for c in corners)
+  da = diag_a.reshape(-1, 1)
+  m = jnp.where(da, pattern['m_a'], pattern['m_b'])[..., None]
+  s = pattern['s'][:, None]
+  t = pattern['t'][:, None]
+  p = c00 + s * (c01 - c00) + t * (c10 - c00) + m * (c11 - c01 - c10 + c00)  # [Q, K^2, 3]
+  tri = jnp.where(da, pattern['tri_a'], pattern['tri_b'])  # [Q, K^2]
+  sample_exists = jnp.take_along_axis(tri_exists.reshape(-1, 2), tri, axis=1)
+
+  z = -p[..., 2]
+  safe_z = jnp.where(z > clip_near, z, 1.0)
+  col = (0.5 + f * p[..., 0] / safe_z) * size
+  row = (0.5 - f * p[..., 1] / safe_z) * size
+  valid = (sample_exists & (z > clip_near) & (col >= 0) & (col < size) & (row >= 0)
+           & (row < size))
+  idx = jnp.where(valid, jnp.floor(row).astype(jnp.int32) * size
+                  + jnp.floor(col).astype(jnp.int32), size * size).reshape(-1)
+  z = jnp.where(valid, z, jnp.inf).reshape(-1)
+
+  zbuf = jnp.full((size * size,), jnp.inf, jnp.float32).at[idx].min(z, mode='drop')
+  num = z.shape[0]
+  winner = jnp.isfinite(z) & (z == zbuf.at[idx].get(mode='fill', fill_value=-1.0))
+  sample_id = jnp.arange(num, dtype=jnp.int32)
+  win_id = jnp.full((size * size,), num, jnp.int32).at[idx].min(
+      jnp.where(winner, sample_id, num), mode='drop')
+
+  hit = win_id < num
+  win_id = jnp.where(hit, win_id, 0)
+  quad, ks = win_id // kk, win_id % kk
+  win_tri = jnp.asarray(tri).reshape(-1)[win_id]
+  qr, qc = quad // (wv - 1), quad % (wv - 1)
+  pay = payload.reshape(hv * wv, -1)
+  v00 = qr * wv + qc
+  p00, p01, p10, p11 = pay[v00], pay[v00 + 1], pay[v00 + wv], pay[v00 + wv + 1]
+  ws = jnp.asarray(pattern['s'])[ks][:, None]
+  wt = jnp.asarray(pattern['t'])[ks][:, None]
+  wm = jnp.where(diag_a.reshape(-1)[quad], jnp.asarray(pattern['m_a'])[ks],
+                 jnp.asarray(pattern['m_b'])[ks])[:, None]
+  if nearest:
+    # Nearest texel of the interpolated texture coordinate, which on a pixel-grid mesh is the
+    # quad corner nearest to (s, t) whichever triangle holds the sample (GL_NEAREST lookup).
+    ws, wt = jnp.round(ws), jnp.round(wt)
+    wm = ws * wt
+  win_payload = p00 + ws * (p01 - p00) + wt * (p10 - p00) + wm * (p11 - p01 - p10 + p00)
+
+  win_payload = jnp.where(hit[:, None], win_payload, 0.0)
+
+  pick = lambda per_tri: per_tri.reshape(-1, 2)[quad, win_tri] & hit
+  out_flags = (jnp.stack([pick(fl) for fl in tri_flags], -1) if tri_flags
+               else jnp.zeros((size * size, 0), bool))
+  shape = (size, size)
+  out = dict(depth=zbuf.reshape(shape), hit=hit.reshape(shape),
+             front=pick(front).reshape(shape), flags=out_flags.reshape(shape + (-1,)),
+             payload=win_payload.reshape(shape + (-1,)))
+
+  # Exact values at the pixel centres (the centre sub-pixel's centre, as OpenGL samples it):
+  # intersect the centre ray with the winning triangle's plane and interpolate there, so the
+  # output depth and the intermediate image of forward_backward_warp carry no sub-pixel bias.
+  centre = lambda x: centre_subpixel(x.reshape(shape + x.shape[1:]), ssaa).reshape(
+      (-1,) + x.shape[1:])
+  c_quad, c_tri, c_hit = centre(quad), centre(win_tri), centre(hit)
+  c_diag = diag_a.reshape(-1)[c_quad]
+  c00i = (c_quad // (wv - 1)) * wv + c_quad % (wv - 1)
+  i00, i01, i10, i11 = c00i, c00i + 1, c00i + wv, c00i + wv + 1
+  ia = jnp.where(c_tri == 0, i00, jnp.where(c_diag, i00, i01))
+  ib = jnp.where(c_tri == 0, i01, i11)
+  ic = jnp.where(c_tri == 0, jnp.where(c_diag, i11, i10), i10)
+  pts = points.reshape(hv * wv, 3)
+  a, b, c = pts[ia], pts[ib], pts[ic]
+  uv = (jnp.arange(resolution, dtype=jnp.float32) + 0.5) / resolution
+  ray = jnp.stack(jnp.broadcast_arrays((uv[None, :] - 0.5) / f, (0.5 - uv[:, None]) / f,
+                                       -jnp.ones((1, 1), jnp.float32)), -1).reshape(-1, 3)
+  normal = jnp.cross(b - a, c - a)
+  nn = jnp.sum(normal * normal, -1)
+  n_dot_r = jnp.sum(normal * ray, -1)
+  ok = c_hit & (n_dot_r * n_dot_r > 1e-6 * nn * jnp.sum(ray * ray, -1)) & (nn > 1e-20)
+  lam = jnp.sum(normal * a, -1) / jnp.where(ok, n_dot_r, 1.0)
+  x = lam[:, None] * ray
+  safe_nn = jnp.where(ok, nn, 1.0)[:, None]
+  wa = jnp.sum(jnp.cross(b - x, c - x) * normal, -1, keepdims=True) / safe_nn
+  wb = jnp.sum(jnp.cross(c - x, a - x) * normal, -1, keepdims=True) / safe_nn
+  w = jnp.maximum(jnp.concatenate([wa, wb, 1.0 - wa - wb], -1), 0.0)
+  w = w / jnp.maximum(jnp.sum(w, -1, keepdims=True), 1e-12)
+  c_depth = -(w[:, 0] * a[:, 2] + w[:, 1] * b[:, 2] + w[:, 2] * c[:, 2])
+  if nearest:
+    c_payload = centre(win_payload)
+  else:
+    c_payload = w[:, :1] * pay[ia] + w[:, 1:2] * pay[ib] + w[:, 2:] * pay[ic]
+    c_payload = jnp.where(ok[:, None], c_payload, centre(win_payload))
+  out['centre_depth'] = jnp.where(ok, c_depth, centre(zbuf)).reshape(resolution, resolution)
+  out['centre_payload'] = c_payload.reshape(resolution, resolution, -1)
+  return out
+
+
+def downsample(x: jnp.ndarray, ssaa: int, op: str = 'sum') -> jnp.ndarray:
+  """Reduces ssaa x ssaa blocks of [S, S, ...] to [S/ssaa, S/ssaa, ...]."""
+  s = x.shape[0] // ssaa
+  x = x.reshape((s, ssaa, s, ssaa) + x.shape[2:])
+  return getattr(x, op)(axis=(1, 3))
+
+
+def centre_subpixel(x: jnp.ndarray, ssaa: int) -> jnp.ndarray:
+  """The centre sub-sample of each ssaa x ssaa block (the reference's [1::3, 1::3])."""
+  off = (ssaa - 1) // 2
+  return x[off::ssaa, off::ssaa]
+
+
+def depth_edge(zbuf: jnp.ndarray, *, atol: float, rtol: float) -> jnp.ndarray:
+  """Keep-mask of METHOD 4 step 5: False where >= 3 discontinuous neighbour pairs touch a pixel.
+
+  A pair of 8-neighbours is discontinuous when it differs by more than atol AND its inverses
+  by more than rtol. zbuf is [H, W] or [H, W, 1]; the result has the same shape (bool).
+  """
+  x = jnp.maximum(zbuf, 1e-6)
+  if x.ndim == 3:
+    x = x[..., 0]
+  inv = 1.0 / x
+  diff = lambda a, b, ia, ib: (jnp.abs(a - b) > atol) & (jnp.abs(ia - ib) > rtol)
+  count = jnp.zeros(x.shape, jnp.int32)
+  for (ra, ca), (rb, cb) in (((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                             ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+                             ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
+                             ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None)))):
+    d = diff(x[ra, ca], x[rb, cb], inv[ra, ca], inv[rb, cb]).astype(jnp.int32)
+    count = count.at[ra, ca].add(d).at[rb, cb].add(d)
+  keep = count < 3
+  return keep[..., None] if zbuf.ndim == 3 else keep
+
+
+def erode(mask: jnp.ndarray, size: int) -> jnp.ndarray:
+  """Square size x size erosion of a [H, W, 1] (or [H, W]) mask; outside the image counts as set.
+
+  Returns float32 {0, 1} of the input's shape. size <= 1 returns the mask unchanged.
+  """
+  m = jnp.asarray(mask, jnp.float32)
+  if size <= 1:
+    return m
+  squeeze = m.ndim == 2
+  x = m[..., None] if squeeze else m
+  pad_lo = (size - 1) // 2
+  pad_hi = size - 1 - pad_lo
+  out = jax.lax.reduce_window(x, 1.0, jax.lax.min, (size, size, 1), (1, 1, 1),
+                              ((pad_lo, pad_hi), (pad_lo, pad_hi), (0, 0)))
+  return out[..., 0] if squeeze else out
+
+
+def _grid_points(depth: jnp.ndarray, fov_deg: float, resolution: int, border: int = 0
+                 ) -> jnp.ndarray:
+  """Source-camera points [H + 2b, W + 2b, 3] of a depth grid whose pixels start at -border."""
+  f = cameras.focal_length(fov_deg)
+  n = depth.shape[0]
+  uv = (jnp.arange(n, dtype=jnp.float32) - border + 0.5) / resolution
+  x = jnp.broadcast_to((uv[None, :] - 0.5) / f, depth.shape)
+  y = jnp.broadcast_to((0.5 - uv[:, None]) / f, depth.shape)
+  return jnp.stack([x, y, -jnp.ones_like(x)], -1) * depth[..., None]
+
+
+def _relative_transform(src_view: jnp.ndarray, dst_view: jnp.ndarray) -> jnp.ndarray:
+  """src camera -> dst camera [4, 4]."""
+  return jnp.asarray(dst_view, jnp.float32) @ cameras.invert_view(src_view)
+
+
+def _apply(transform: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
+  return points @ transform[:3, :3].T + transform[:3, 3]
+
+
+def _resolve(out: Dict[str, jnp.ndarray], colour_channels: int, *, near: float, far: float,
+             ssaa: int, atol: float, rtol: float) -> Warped:
+  """METHOD 4 steps 4-5: coverage rule, mean colour, centre depth, depth_edge, masking."""
+  covered = out['hit'] & out['front'] & ~out['flags'][..., 0]
+  count = downsample(covered.astype(jnp.float32), ssaa)
+  colour_sum = downsample(out['payload'][..., :colour_channels] * covered[..., None], ssaa)
+  colour = colour_sum / jnp.maximum(count, 1.0)[..., None]
+  zbuf = depth_lib.zbuf_from_depth(out['centre_depth'], near, far)
+  mask = (count > 0.75 * ssaa * ssaa) & depth_edge(zbuf, atol=atol, rtol=rtol)
+  mask = mask[..., None].astype(jnp.float32)
+  rgbd = jnp.concatenate([colour, zbuf[..., None]], -1) * mask
+  return Warped(rgbd=rgbd, mask=mask)
+
+
+def _check(rgbd, ssaa, near, far):
+  from ivd_jax import errors  # pylint: disable=g-import-not-at-top
+  if rgbd.ndim != 3 or rgbd.shape[-1] != 4 or rgbd.shape[0] != rgbd.shape[1]:
+    raise errors.UserError(
+        f'rgbd has shape {rgbd.shape}; the warp takes ONE square image [N, N, 4] '
+        '(use jax.vmap for batches)')
+  if int(ssaa) != ssaa or ssaa < 1:
+    raise errors.UserError(f'ssaa={ssaa}; use a positive integer (3 in the reference)')
+  if not 0 < near < far:
+    raise errors.UserError(f'near={near}, far={far}; need 0 < near < far')
+
+
+def warp_rgbd(rgbd: jnp.ndarray, src_view: jnp.ndarray, dst_view: jnp.ndarray, *, near: float,
+              far: float, fov_deg: float = 45.0, ssaa: int = 3, atol: float = 0.02,
+              rtol: float = 0.02, cut: bool = True) -> Warped:
+  """Warps one RGB-D image [N, N, 4] (RGB + z-buffer depth, all in [0, 1]) from src to dst view.
+
+  Args:
+    rgbd: [N, N, 4] float32; channel 3 is the z-buffer encoding with `near`/`far`. NaN/inf depth
+      marks missing pixels (never visible).
+    src_view, dst_view: [4, 4] world -> camera matrices.
+    near, far: the depth encoding's planes (METHOD 3).
+    fov_deg: field of view of both cameras.
+    ssaa: supersampling factor of the splat (coverage rule > 0.75 ssaa^2).
+    atol, rtol: discontinuity thresholds on linear depth (cuts) and on the output z-buffer
+      (depth_edge).
+    cut: whether discontinuous triangles are hidden (True for a single forward warp).
+
+  Returns:
+    Warped(rgbd [N, N, 4] in dst, zero outside the mask; mask [N, N, 1] in {0, 1}).
+  """
+  _check(rgbd, ssaa, near, far)
+  n = rgbd.shape[0]
+  zb = rgbd[..., 3]
+  exists = jnp.isfinite(zb)
+  depth = jnp.where(exists, depth_lib.depth_from_zbuf(jnp.where(exists, zb, 0.5), near, far), 1.0)
+  src_pts = _grid_points(depth, fov_deg, n)
+  diag_a = shorter_diagonal(src_pts)
+  flag = (cut_flags(depth, diag_a, atol=atol, rtol=rtol) if cut
+          else jnp.zeros(depth.shape, bool))
+  pts = _apply(_relative_transform(src_view, dst_view), src_pts)
+  colour = jnp.nan_to_num(rgbd[..., :3])
+  out = render_mesh(pts, colour, exists, [flag], resolution=n, fov_deg=fov_deg, ssaa=ssaa,
+                    diag_a=diag_a)
+  return _resolve(out, 3, near=near, far=far, ssaa=ssaa, atol=atol, rtol=rtol)
+
+
+def forward_backward_warp(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jnp.ndarray, *,
+                          near: float, far: float, fov_deg: float = 45.0, ssaa: int = 3,
+                          atol: float = 0.02, rtol: float = 0.02) -> Warped:
+  """Training-pair warp (METHOD 4): src -> mid without cuts, border extended, then back with cuts.
+
+  The result lives in src_view: the part of the image that mid_view can see, with the
+  resampling artifacts of two warps. Arguments as in warp_rgbd.
+  """
+  _check(rgbd, ssaa, near, far)
+  n = rgbd.shape[0]
+  b = FBW_BORDER
+  zb = rgbd[..., 3]
+  exists = jnp.isfinite(zb)
+  depth = jnp.where(exists, depth_lib.depth_from_zbuf(jnp.where(exists, zb, 0.5), near, far), 1.0)
+  edge_pad = lambda x: jnp.pad(x, ((b, b), (b, b)) + ((0, 0),) * (x.ndim - 2), mode='edge')
+  src_pts = _grid_points(edge_pad(depth), fov_deg, n, border=b)
+  diag_a = shorter_diagonal(src_pts)
+  to_mid = _relative_transform(src_view, mid_view)
+  colour = edge_pad(jnp.nan_to_num(rgbd[..., :3]))
+  fwd = render_mesh(_apply(to_mid, src_pts), colour, edge_pad(exists),
+                    [jnp.zeros(src_pts.shape[:2], bool)], resolution=n, fov_deg=fov_deg,
+                    ssaa=ssaa, diag_a=diag_a)
+  # The mid view as an image: mean colour of the covered sub-pixels, centre sub-pixel depth.
+  # Pixels whose centre shows back-facing material stay as occluders but are flagged hidden.
+  covered = fwd['hit'] & fwd['front']
+  mid_colour = fwd['centre_payload']
+  mid_depth = fwd['centre_depth']
+  mid_exists = jnp.isfinite(mid_depth)
+  mid_hidden = ~centre_subpixel(covered, ssaa)
+  mid_depth = jnp.where(mid_exists, mid_depth, 1.0)
+
+  mid_pts = _grid_points(mid_depth, fov_deg, n)
+  mid_diag = shorter_diagonal(mid_pts)
+  flag = cut_flags(mid_depth, mid_diag, atol=atol, rtol=rtol) | mid_hidden
+  back = render_mesh(_apply(_relative_transform(mid_view, src_view), mid_pts), mid_colour,
+                     mid_exists, [flag], resolution=n, fov_deg=fov_deg, ssaa=ssaa,
+                     diag_a=mid_diag, nearest=True)
+  return _resolve(back, 3, near=near, far=far, ssaa=ssaa, atol=atol, rtol=rtol)
