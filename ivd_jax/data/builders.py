@@ -71,6 +71,7 @@ DEPTH_MAP_EXTENSIONS = ('.png', '.npy', '.npz')
 SOURCES = ('procedural', 'folder')
 FOLDER_DEPTHS = ('midas', 'depth_map', 'estimator')
 STATE_DIR = 'prepare_state'
+_MIN_ITEMS_FOR_AUTO_POOL = 2000
 SPLIT_PROCEDURAL_TEST = 'test'
 
 # Fields that only prepare reads; the training presets' data section does not need to carry them
@@ -477,7 +478,6 @@ def _estimate_zbuf(estimator: Callable[[np.ndarray], np.ndarray], crops: List[np
 
 def _write_shard(task: Dict[str, Any], estimator=None) -> Dict[str, Any]:
   """Writes one shard to a temporary file, renames it when complete; returns its record."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   options = task['options']
   feats = features(options['resolution'])
@@ -530,7 +530,6 @@ def _write_shard(task: Dict[str, Any], estimator=None) -> Dict[str, Any]:
         _tick(len(items[lo:lo + batch_size]))
   finally:
     writer.close()
-  del tfds
   os.replace(tmp, final)
   record = {'plan_id': task['plan_id'], 'split': task['split'], 'shard': task['shard'],
             'file': final.name, 'num_examples': written, 'num_bytes': num_bytes,
@@ -744,10 +743,19 @@ def _run_tasks(tasks: List[Dict[str, Any]], workers: int, estimator, total: int,
     bar.close()
 
 
-def prepare(config, workdir: str) -> Dict[str, Any]:
+def prepare(config, workdir: str, *, process_index: Optional[int] = None,
+            process_count: Optional[int] = None) -> Dict[str, Any]:
   """Mode 'prepare': writes the RGBD dataset to config.data.dir and DIR/prepare_summary.json.
 
-  Returns the summary dict (also written as JSON).
+  Args:
+    config: the job config; reads config.data (see module docstring and configs/prepare.py).
+    workdir: DIR; the summary goes to DIR/prepare_summary.json, the data by default to DIR/data.
+    process_index, process_count: which shards this process writes (shard k goes to process
+      k % process_count). Default: jax.process_index() / jax.process_count(), i.e. every process
+      of a multi-host job runs prepare; pass 0 / 1 when a single process prepares everything.
+
+  Returns:
+    The summary dict (also written as JSON by process 0).
   """
   import jax  # pylint: disable=g-import-not-at-top
   start = time.time()
@@ -765,7 +773,8 @@ def prepare(config, workdir: str) -> Dict[str, Any]:
   if options.get('depth') == 'estimator':
     estimator = _load_estimator(options['estimator'], options['estimator_kwargs'])
 
-  process_index, process_count = jax.process_index(), jax.process_count()
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
   tasks, total, done = [], 0, 0
   for plan in plans:
     expected = {plan.shard_filename(k) for k in range(plan.num_shards)}
@@ -788,7 +797,11 @@ def prepare(config, workdir: str) -> Dict[str, Any]:
                         shard=shard, path=str(path), marker=str(marker), plan_id=plan.plan_id))
   if done:
     logging.info('prepare: resuming, %d of %d examples already written', done, total)
-  workers = int(_get(config.data, 'prepare_workers')) or os.cpu_count() or 1
+  workers = int(_get(config.data, 'prepare_workers'))
+  if not workers:
+    # Auto: a spawned worker spends seconds importing, worth it only for larger jobs.
+    pending = total - done
+    workers = (os.cpu_count() or 1) if pending >= _MIN_ITEMS_FOR_AUTO_POOL else 1
   _run_tasks(tasks, workers, estimator, total, done,
              show_progress=bool(config.get('log', {}).get('progress', True)))
 
