@@ -17,6 +17,7 @@ PartitionSpec(('data', 'fsdp')).
 import json
 from typing import Any, Dict, Iterator, Optional
 
+from absl import flags
 import grain.python as grain
 import jax
 from jax.sharding import NamedSharding
@@ -65,7 +66,7 @@ class InputIterator(Iterator[Dict[str, jax.Array]]):
   def __init__(self, loader: grain.DataLoader, *, mesh, global_batch_size: int,
                identity: Dict[str, Any], num_examples: int, metadata: Dict[str, Any]):
     self._loader = loader
-    self._iterator = iter(loader)
+    self._iterator_or_none = None  # created on first use: iter() starts the worker processes
     self._mesh = mesh
     self._identity = identity
     self.global_batch_size = global_batch_size
@@ -73,6 +74,12 @@ class InputIterator(Iterator[Dict[str, jax.Array]]):
     self.num_examples = num_examples  # in this process's part of the split
     self.metadata = metadata
     self._sharding = None if mesh is None else NamedSharding(mesh, P(DATA_AXES))
+
+  @property
+  def _iterator(self):
+    if self._iterator_or_none is None:
+      self._iterator_or_none = iter(self._loader)
+    return self._iterator_or_none
 
   def __iter__(self):
     return self
@@ -152,6 +159,10 @@ def create_input_iterator(data_config, *, global_batch_size: int, mesh, seed: in
                                shuffle=shuffle, num_epochs=num_epochs, seed=seed)
   flip = bool(data_config.get('flip', False)) and shuffle
   workers = int(data_config.get('num_workers') or 0)
+  if workers and not flags.FLAGS.is_parsed():
+    # grain's worker processes read absl flags; outside an absl app (notebooks, tests) they
+    # are unparsed, so accept the defaults.
+    flags.FLAGS.mark_as_parsed()
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
       operations=[DecodeRGBD(flip), grain.Batch(local_batch, drop_remainder=True)],

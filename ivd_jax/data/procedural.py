@@ -18,6 +18,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ivd_jax.geometry import cameras
+from ivd_jax.geometry import depth as depth_lib
+
 # Background dome: far enough to sit behind the wall for every forward-looking camera, well
 # inside the training far plane (100).
 DOME_RADIUS = 30.0
@@ -297,16 +300,16 @@ def _shade(scene: Scene, p, obj_id, normal) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def _focal(fov_deg: float) -> float:
-  return 0.5 / np.tan(np.deg2rad(fov_deg) / 2)
-
-
 def _camera_rays(view: np.ndarray, resolution: int, fov_deg: float):
-  """World-space eye [3] and directions [N*N, 3] whose ray parameter is planar depth."""
+  """World-space eye [3] and directions [N*N, 3] whose ray parameter is planar depth.
+
+  The conventions are those of geometry.cameras (pixel centres, row 0 on top, OpenGL), computed
+  here in float64 numpy because the renders are the exact ground truth of the warp tests.
+  """
   view = np.asarray(view, np.float64)
   rot, trans = view[:3, :3], view[:3, 3]
   eye = -rot.T @ trans
-  f = _focal(fov_deg)
+  f = cameras.focal_length(fov_deg)
   centres = (np.arange(resolution) + 0.5) / resolution
   v, u = np.meshgrid(centres, centres, indexing='ij')
   d_cam = np.stack([(u - 0.5) / f, (0.5 - v) / f, -np.ones_like(u)], -1).reshape(-1, 3)
@@ -325,18 +328,12 @@ def render(scene: Scene, view, resolution: int, *, fov_deg: float = 45.0) -> Ren
                 obj_id=obj_id.reshape(shape))
 
 
-def _zbuf_from_depth(depth: np.ndarray, near: float, far: float) -> np.ndarray:
-  # METHOD 3 z-buffer disparity; the same formula as geometry.depth.zbuf_from_depth.
-  d = np.clip(depth, near, far)
-  return (1.0 / near - 1.0 / d) / (1.0 / near - 1.0 / far)
-
-
 def render_rgbd(scene: Scene, view, resolution: int, *, near: float = 0.5, far: float = 100.0,
                 fov_deg: float = 45.0) -> np.ndarray:
   """[H, W, 4] float32 in [0, 1]: colour and the z-buffer depth encoding (warp encoding)."""
   out = render(scene, view, resolution, fov_deg=fov_deg)
-  zbuf = _zbuf_from_depth(out.depth.astype(np.float64), near, far)
-  return np.concatenate([out.rgb, zbuf[..., None].astype(np.float32)], -1)
+  zbuf = np.asarray(depth_lib.zbuf_from_depth(out.depth, near, far), np.float32)
+  return np.concatenate([out.rgb, zbuf[..., None]], -1)
 
 
 def covisibility(scene: Scene, view_src, depth_src, view_dst, *, fov_deg: float = 45.0,
@@ -355,7 +352,7 @@ def covisibility(scene: Scene, view_src, depth_src, view_dst, *, fov_deg: float 
 
   view_dst = np.asarray(view_dst, np.float64)
   p_cam = points @ view_dst[:3, :3].T + view_dst[:3, 3]
-  f = _focal(fov_deg)
+  f = cameras.focal_length(fov_deg)
   in_front = p_cam[:, 2] < 0
   with np.errstate(divide='ignore', invalid='ignore'):
     u = p_cam[:, 0] / -p_cam[:, 2] * f + 0.5
