@@ -317,6 +317,8 @@ def unet_from_config(model_config: Any) -> UNet:
       continue
     if field in ('channel_mult', 'attention_resolutions'):
       value = tuple(int(v) for v in value)
+    if field == 'num_classes' and not value:
+      continue  # 0 and None both mean unconditional; keep one canonical UNet.
     kwargs[field] = value
   model = UNet(**kwargs)
   model.validate()
