@@ -27,7 +27,7 @@ output (METHOD 3 divides it by 6250, so raw 6250 is depth 1, the orbit centre of
     `dpt_beit_large_512` (same network, same processor): the default for BEiT checkpoints.
   - 'median' (default for every other checkpoint, e.g. Depth Anything V2): a per-image scale
     (no shift, so zero disparity stays at infinity: sky stays on the far plane) that puts the
-    image's median disparity at `target_median` (default 6250, i.e. median depth = 1 = the
+    median of the image's positive disparities at `target_median` (default 6250, i.e. median depth = 1 = the
     orbit centre the reference's cameras turn around). Per-image, because the scale of an
     affine-invariant model is not comparable between checkpoints, only within an image.
   - 'scale': a fixed factor `scale`, for a factor calibrated against the reference
@@ -107,6 +107,26 @@ def network_input_size(height: int, width: int, pre: Preprocessing) -> tuple[int
   return snap(scale_h * height), snap(scale_w * width)
 
 
+def preprocess(images: jax.Array, pre: Preprocessing) -> jax.Array:
+  """The image processor on device: uint8 [B, H, W, 3] -> normalised float32 [B, h, w, 3].
+
+  transformers resizes the uint8 image (Pillow, or torchvision's Pillow-compatible path: bicubic,
+  antialiased, i.e. the Keys a = -0.5 kernel widened by the downscale factor, which is what
+  jax.image.resize does) and rounds back to uint8 before rescaling and normalising.
+  """
+  b, height, width, _ = images.shape
+  nh, nw = network_input_size(height, width, pre)
+  x = images.astype(jnp.float32)
+  # Two separable passes, width first, each rounded back to uint8: how Pillow resamples.
+  if nw != width:
+    x = jnp.clip(jnp.round(jax.image.resize(x, (b, height, nw, 3), 'bicubic')), 0, 255)
+  if nh != height:
+    x = jnp.clip(jnp.round(jax.image.resize(x, (b, nh, nw, 3), 'bicubic')), 0, 255)
+  mean = np.asarray(pre.mean, np.float32)
+  std = np.asarray(pre.std, np.float32)
+  return (x / 255.0 - mean) / std
+
+
 # ---------------------------------------------------------------------------------------------
 # Weights files: one .npz with the flattened params and the JSON config.
 
@@ -167,8 +187,12 @@ def fit_scale(disparity: Sequence[np.ndarray], reference: Sequence[np.ndarray]) 
 def _apply_normalization(d: jax.Array, mode: str, target_median: float,
                          scale: float) -> jax.Array:
   if mode == 'median':
-    med = jnp.median(d.reshape(d.shape[0], -1), axis=1)
-    return d * (target_median / jnp.maximum(med, 1e-12))[:, None, None]
+    # Median over pixels with positive disparity: the ReLU output is exactly 0 where the model
+    # sees infinity (sky), and a sky-dominated image must not get a zero median.
+    flat = d.reshape(d.shape[0], -1)
+    med = jnp.nanmedian(jnp.where(flat > 0, flat, jnp.nan), axis=1)
+    factor = jnp.where(jnp.isfinite(med) & (med > 0), target_median / med, 1.0)
+    return d * factor[:, None, None]
   if mode == 'scale':
     return d * scale
   return d
@@ -205,6 +229,7 @@ class DepthEstimator:
     if not target_median > 0 or not scale > 0:
       raise errors.ConfigError('data.estimator_kwargs', 'target_median and scale must be > 0',
                                'pass positive numbers')
+    self.weights = weights
     self.config, params, self.preprocessing = load_depth_model(weights)
     if normalization == 'auto':
       # The converted MiDaS BEiT is the reference's own model: its raw output is the scale.
@@ -230,16 +255,8 @@ class DepthEstimator:
 
   def _fn(self, height: int, width: int) -> Callable[..., jax.Array]:
     if (height, width) not in self._fns:
-      pre = self.preprocessing
-      nh, nw = network_input_size(height, width, pre)
-      mean = np.asarray(pre.mean, np.float32)
-      std = np.asarray(pre.std, np.float32)
-
       def forward(params, images):  # [B, H, W, 3] uint8 -> [B, H, W] float32
-        x = images.astype(jnp.float32)
-        x = jax.image.resize(x, (x.shape[0], nh, nw, 3), 'bicubic', antialias=True)
-        x = jnp.clip(jnp.round(x), 0, 255)  # the processor resizes uint8 images
-        x = ((x / 255.0 - mean) / std).astype(self._compute)
+        x = preprocess(images, self.preprocessing).astype(self._compute)
         d = self._model.apply({'params': params}, x).astype(jnp.float32)
         d = dpt.torch_interpolate(d[..., None], (height, width), mode='bicubic',
                                   align_corners=False)[..., 0]

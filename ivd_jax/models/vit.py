@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -246,11 +246,11 @@ class ViTBackbone(nn.Module):
     shared = None
     if cfg.shared_relative_position_bias:
       shared = RelativePositionBias(cfg, name='shared_relative_position_bias')(window)
-    features = []
-    for i in range(cfg.num_layers):
+    outputs = {}
+    for i in range(max(cfg.out_indices)):  # later layers would not reach any output
       x = Block(cfg, name=f'layers_{i}')(x, window, shared)
-      if i + 1 in cfg.out_indices:
-        features.append(x)
+      outputs[i + 1] = x
+    features = [outputs[i] for i in cfg.out_indices]
     if cfg.apply_layernorm:
       norm = _layer_norm(cfg.layer_norm_eps, 'layernorm')
       features = [norm(f) for f in features]
@@ -269,11 +269,3 @@ class ViTBackbone(nn.Module):
     new = (height // cfg.patch_size, width // cfg.patch_size)
     patch = torch_interpolate(patch, new, mode='bicubic', align_corners=False)
     return jnp.concatenate([table[:, :1], patch.reshape(1, -1, cfg.hidden_size)], axis=1)
-
-
-def check_out_indices(out_indices: Sequence[int], num_layers: int) -> None:
-  """Raises ValueError unless out_indices are increasing 1-based layer numbers."""
-  if any(not 1 <= i <= num_layers for i in out_indices) or list(out_indices) != sorted(
-      set(out_indices)):
-    raise ValueError(f'out_indices {tuple(out_indices)} must be increasing layer numbers in '
-                     f'[1, {num_layers}]')

@@ -256,8 +256,12 @@ def params_from_state_dict(state_dict: Mapping[str, Any], config: dpt.DPTConfig)
     if not pairs:
       unknown.append(key)
     flat.update(pairs)
-  # The first fusion layer has no skip input: transformers builds its residual_layer1 unused.
-  flat = {k: v for k, v in flat.items() if not k.startswith('fusion_0/residual_layer1/')}
+  # Parameters transformers builds but never uses: the first fusion layer's skip unit (it has no
+  # skip input) and backbone layers after the last returned one.
+  last = max(config.backbone.out_indices)
+  flat = {k: v for k, v in flat.items()
+          if not k.startswith('fusion_0/residual_layer1/') and not (
+              (m := re.match(r'backbone/layers_(\d+)/', k)) and int(m.group(1)) >= last)}
   expected = dpt.param_shapes(config)
   shapes = {k: v.shape for k, v in flax.traverse_util.flatten_dict(expected, sep='/').items()}
   missing = sorted(set(shapes) - set(flat))
