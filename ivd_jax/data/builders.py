@@ -42,6 +42,7 @@ converted [{file, note}], the class list and per-split counts.
 """
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import importlib
 import io
@@ -400,6 +401,17 @@ def _tick(n: int = 1):
       _PROGRESS.value += n
 
 
+@functools.lru_cache(maxsize=8)
+def _novel_views(viewset: str, seed: Optional[int]) -> np.ndarray:
+  """Views [V - 1, 4, 4] of a view set without view 0 (the image itself); 'random' draws its
+  pose from the scene seed, the other view sets are fixed and computed once."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
+  key = None if seed is None else jax.random.key(seed % (1 << 31))
+  poses = cameras.viewset_poses(viewset, key=key)[1:]
+  return np.asarray(cameras.views_from_poses(poses), np.float32)
+
+
 def _procedural_example(seed: int, options: Dict[str, Any]) -> Dict[str, Any]:
   from ivd_jax.data import procedural  # pylint: disable=g-import-not-at-top
   from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
@@ -408,10 +420,8 @@ def _procedural_example(seed: int, options: Dict[str, Any]) -> Dict[str, Any]:
   rgbd = procedural.render_rgbd(scene, cameras.SOURCE_VIEW, res, near=near, far=far)
   novel = None
   if options.get('novel_viewset'):
-    import jax  # pylint: disable=g-import-not-at-top
-    poses = cameras.viewset_poses(options['novel_viewset'],
-                                  key=jax.random.key(seed % (1 << 31)))[1:]  # view 0 is the image
-    views = np.asarray(cameras.views_from_poses(poses), np.float32)
+    views = _novel_views(options['novel_viewset'],
+                         seed if options['novel_viewset'] == 'random' else None)
     renders = [procedural.render_rgbd(scene, v, res, near=near, far=far) for v in views]
     novel = (np.stack([np.round(r[..., :3] * 255).astype(np.uint8) for r in renders]),
              np.stack([zbuf_to_uint16(r[..., 3]) for r in renders]), views)

@@ -1,0 +1,123 @@
+"""Input throughput: prepared examples/s (prepare) and streamed examples/s (pipeline).
+
+  python benchmarks/input_pipeline.py [--resolutions 64 128] [--num 512] [--workers 0 2]
+
+Prints one JSON line per case:
+  prepare   procedural scenes (exact depth) and a folder of real JPEG photographs with MiDaS
+            .npz disparity (Lanczos resize + crop, depth conversion, PNG encoding, ArrayRecord);
+            one process and a pool of worker processes
+  pipeline  create_input_iterator on all local devices: decode PNG -> float32 network encoding,
+            random flip, batch, global jax.Array; in-process threads (workers=0) and grain worker
+            processes; measured after a warm-up, ending with the batch on the devices
+Never asserts a time.
+"""
+import argparse
+import json
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import prepare as prepare_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ivd_jax.data import builders  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ivd_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _emit(**record):
+  record.update(cpu_count=os.cpu_count(), platform=platform.machine(),
+                jax=jax.__version__, backend=jax.default_backend())
+  print(json.dumps(record), flush=True)
+
+
+def _photo_folder(root: pathlib.Path, num: int) -> pathlib.Path:
+  """`num` real photographs (scikit-image, 300x451 .. 872x1000) as JPEG + MiDaS-format .npz."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(),
+            skimage.data.rocket(), skimage.data.hubble_deep_field(),
+            skimage.data.immunohistochemistry()]
+  folder = root / 'photos'
+  folder.mkdir()
+  for i in range(num):
+    photo = photos[i % len(photos)]
+    Image.fromarray(photo).save(folder / f'{i:05d}.jpg', quality=92)
+    h, w = photo.shape[:2]
+    disp = (3000 + 10000 * np.linspace(0, 1, h)[:, None] * np.ones((1, w))).astype(np.float16)
+    np.savez_compressed(folder / f'{i:05d}.npz', disp)
+  return folder
+
+
+def bench_prepare(root: pathlib.Path, resolution: int, num: int, workers: int, source: str,
+                  folder=None) -> pathlib.Path:
+  config = prepare_config.get_config(source)
+  config.data.resolution = resolution
+  config.data.prepare_workers = workers
+  config.data.examples_per_shard = max(1, num // 4)  # 4 shards so workers have work to share
+  config.log.progress = False
+  if source == 'procedural':
+    config.data.num_examples = num
+    config.data.num_eval_examples = 0
+  else:
+    config.data.folder = str(folder)
+  out = root / f'{source}_{resolution}_{workers}'
+  config.data.dir = str(out / 'data')
+  start = time.perf_counter()
+  summary = builders.prepare(config, str(out))
+  seconds = time.perf_counter() - start
+  _emit(bench='prepare', source=source, resolution=resolution, workers=workers,
+        examples=summary['num_written'], seconds=round(seconds, 3),
+        examples_per_s=round(summary['num_written'] / seconds, 1))
+  return out / 'data'
+
+
+def bench_pipeline(path: pathlib.Path, resolution: int, batch: int, workers: int,
+                   steps: int) -> None:
+  config = prepare_config.get_config('procedural')
+  config.data.dir = str(path)
+  config.data.resolution = resolution
+  config.data.flip = True
+  config.data.num_workers = workers
+  devices = jax.device_count()
+  mesh = jax.make_mesh((devices, 1), ('data', 'fsdp'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  it = pipeline.create_input_iterator(config.data, global_batch_size=batch, mesh=mesh, seed=0)
+  for _ in range(3):  # warm-up: worker start, first reads
+    jax.block_until_ready(next(it)['rgbd'])
+  start = time.perf_counter()
+  for _ in range(steps):
+    jax.block_until_ready(next(it)['rgbd'])
+  seconds = time.perf_counter() - start
+  _emit(bench='pipeline', resolution=resolution, global_batch=batch, workers=workers,
+        devices=devices, batches=steps, seconds=round(seconds, 3),
+        examples_per_s=round(steps * batch / seconds, 1))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--resolutions', type=int, nargs='+', default=[64, 128])
+  parser.add_argument('--num', type=int, default=512, help='examples to prepare per case')
+  parser.add_argument('--workers', type=int, nargs='+', default=[0, 2])
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--steps', type=int, default=30)
+  args = parser.parse_args()
+  with tempfile.TemporaryDirectory() as tmp:
+    root = pathlib.Path(tmp)
+    photos = _photo_folder(root, max(8, args.num // 4))
+    for resolution in args.resolutions:
+      data = None
+      for workers in sorted({max(1, w) for w in args.workers}):
+        path = bench_prepare(root, resolution, args.num, workers, 'procedural')
+        data = data or path
+        bench_prepare(root, resolution, args.num // 4, workers, 'folder', folder=photos)
+      for workers in args.workers:
+        bench_pipeline(data, resolution, args.batch, workers, args.steps)
+
+
+if __name__ == '__main__':
+  main()
