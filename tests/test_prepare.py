@@ -231,6 +231,7 @@ def test_folder_read_back_through_pipeline(folder_dataset):
   workdir, _ = folder_dataset
   config = folder_config('unused')
   config.data.dir = str(workdir / 'data')
+  config.data.num_classes = 3
   mesh = jax.make_mesh((8, 1), ('data', 'fsdp'),
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
   it = pipeline.create_input_iterator(config.data, global_batch_size=8, mesh=mesh, seed=0,
@@ -245,6 +246,10 @@ def test_folder_read_back_through_pipeline(folder_dataset):
   np.testing.assert_allclose(np.asarray(batch['rgbd'][0]), want, atol=1e-6)
   with pytest.raises(StopIteration):
     next(it)  # 10 examples, one full batch of 8 per epoch
+  config.data.num_classes = 1000  # e.g. the imagenet128 preset on a 3-class folder
+  with pytest.raises(errors.ConfigError, match='has 3 classes') as e:
+    pipeline.create_input_iterator(config.data, global_batch_size=8, mesh=mesh, seed=0)
+  assert e.value.field == 'data.num_classes'
 
 
 @pytest.mark.parametrize('field,overrides,needle', [

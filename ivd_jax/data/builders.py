@@ -519,6 +519,10 @@ def _write_shard(task: Dict[str, Any], estimator=None) -> Dict[str, Any]:
           emit(example, item[0], notes)
         except Skip as e:
           skipped.append({'file': item[0], 'reason': str(e)})
+        except Exception as e:  # pylint: disable=broad-except
+          # One odd file (a decoder bug, an exotic format) must not stop a week-long job.
+          logging.exception('prepare: unexpected error on %s', item[0])
+          skipped.append({'file': item[0], 'reason': f'unexpected error: {type(e).__name__}: {e}'})
         _tick()
     else:
       batch_size = options['estimator_batch_size']
@@ -531,6 +535,10 @@ def _write_shard(task: Dict[str, Any], estimator=None) -> Dict[str, Any]:
             loaded.append((item, rgb, crop, notes))
           except Skip as e:
             skipped.append({'file': item[0], 'reason': str(e)})
+          except Exception as e:  # pylint: disable=broad-except
+            logging.exception('prepare: unexpected error on %s', item[0])
+            skipped.append({'file': item[0],
+                            'reason': f'unexpected error: {type(e).__name__}: {e}'})
         if loaded:
           from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
           zbufs = _estimate_zbuf(estimator, [x[2] for x in loaded], options)

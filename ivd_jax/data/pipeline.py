@@ -137,6 +137,12 @@ def create_input_iterator(data_config, *, global_batch_size: int, mesh, seed: in
       raise errors.ConfigError(
           f'data.{name}', f'{want} but the dataset depth was encoded with {name}='
           f'{metadata[name]}', f'set config.data.{name}={metadata[name]} or prepare again')
+  num_classes = int(data_config.get('num_classes') or 0)
+  if num_classes and metadata.get('num_classes') != num_classes:
+    raise errors.ConfigError(
+        'data.num_classes', f'{num_classes} but the dataset at {path} has '
+        f'{metadata.get("num_classes")} classes', 'set it to the number of class folders '
+        'prepared (0 for an unconditional model)')
   process_count = jax.process_count()
   if mesh is not None:
     shards = int(np.prod([mesh.shape[a] for a in DATA_AXES if a in mesh.shape]))
