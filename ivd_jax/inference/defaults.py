@@ -17,6 +17,9 @@ def sample_defaults() -> ml_collections.ConfigDict:
   s.num_frames = 60  # views of 'swing' / 'orbit360' view sets
   s.num_instances = 4
   s.batch_size = 8  # instances generated together (padded to a multiple of the device count)
+  # View-buffer slots (0 = the number of views). Larger lets view sets of different lengths share
+  # one compilation, at the cost of aggregating over every slot.
+  s.buffer_size = 0
   s.seed = 0
   # Class labels: 'random' (uniform draw per instance from the seed), 'uniform' (cycle through
   # all classes evenly, the FID protocol), 'fixed' (cycle through `labels`). Ignored without classes.
