@@ -55,12 +55,18 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
+from array_record.python import array_record_module
+import jax
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
+from scipy import ndimage
 import tqdm
 
 from ivd_jax import errors
+from ivd_jax.data import procedural
+from ivd_jax.geometry import cameras
+from ivd_jax.geometry import depth as depth_lib
 
 DATASET_NAME = 'ivd_rgbd'
 DATASET_VERSION = '1.0.0'
@@ -108,6 +114,8 @@ def _get(data_config, name: str):
 
 def features(resolution: int):
   """The TFDS FeaturesDict of the prepared dataset."""
+  # Imported here: tensorflow_datasets takes seconds to import and configs/prepare.py imports
+  # this module only for PREPARE_DEFAULTS.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   r = resolution
   return tfds.features.FeaturesDict({
@@ -291,7 +299,6 @@ def repair_depth(depth: np.ndarray, valid: np.ndarray, max_invalid: float, name:
   if fraction > max_invalid:
     raise Skip(f'depth {name} has {100 * fraction:.1f}% invalid values (NaN/inf/<=0); at most '
                f'{100 * max_invalid:.1f}% are filled (config.data.max_invalid_depth)')
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
   _, (rows, cols) = ndimage.distance_transform_edt(~valid, return_indices=True)
   notes.append(f'{num_invalid} invalid depth values filled from nearest valid pixels')
   return depth[rows, cols]
@@ -405,16 +412,12 @@ def _tick(n: int = 1):
 def _novel_views(viewset: str, seed: Optional[int]) -> np.ndarray:
   """Views [V - 1, 4, 4] of a view set without view 0 (the image itself); 'random' draws its
   pose from the scene seed, the other view sets are fixed and computed once."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
   key = None if seed is None else jax.random.key(seed % (1 << 31))
   poses = cameras.viewset_poses(viewset, key=key)[1:]
   return np.asarray(cameras.views_from_poses(poses), np.float32)
 
 
 def _procedural_example(seed: int, options: Dict[str, Any]) -> Dict[str, Any]:
-  from ivd_jax.data import procedural  # pylint: disable=g-import-not-at-top
-  from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
   res, near, far = options['resolution'], options['near'], options['far']
   scene = procedural.sample_scene(seed)
   rgbd = procedural.render_rgbd(scene, cameras.SOURCE_VIEW, res, near=near, far=far)
@@ -433,7 +436,6 @@ def _procedural_example(seed: int, options: Dict[str, Any]) -> Dict[str, Any]:
 def _folder_depth(image: Image.Image, rel: pathlib.PurePath, path: pathlib.Path,
                   options: Dict[str, Any], notes: List[str]) -> np.ndarray:
   """z-buffer depth [R, R] in [0, 1] for a folder image from its midas / depth_map file."""
-  from ivd_jax.geometry import depth as depth_lib  # pylint: disable=g-import-not-at-top
   res, near, far = options['resolution'], options['near'], options['far']
   root = pathlib.Path(options['depth_folder'] or options['folder'])
   kind = options['depth']
@@ -463,13 +465,12 @@ def _folder_example(item: Tuple[str, int], options: Dict[str, Any],
   if estimator_input:
     return (rgb, resize_crop_rgb(image, options['estimator_resolution'])), notes
   zbuf = _folder_depth(image, rel, path, options, notes)
-  from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
   return _example(rgb, zbuf, label=label, file=rel_str, view=cameras.SOURCE_VIEW), notes
 
 
 def _estimate_zbuf(estimator: Callable[[np.ndarray], np.ndarray], crops: List[np.ndarray],
-                   options: Dict[str, Any]) -> List[np.ndarray]:
-  from ivd_jax.geometry import depth as depth_lib  # pylint: disable=g-import-not-at-top
+                   options: Dict[str, Any]) -> List[Tuple[Any, List[str]]]:
+  """(zbuf [R, R] or the Skip of an unusable estimate, conversion notes) per crop."""
   res = options['resolution']
   disparity = np.asarray(estimator(np.stack(crops)), np.float32)
   if disparity.ndim == 4 and disparity.shape[-1] == 1:
@@ -480,15 +481,19 @@ def _estimate_zbuf(estimator: Callable[[np.ndarray], np.ndarray], crops: List[np
         'return raw disparity [B, H, W] (config.data.estimator)')
   out = []
   for disp in disparity:
-    disp = np.where(np.isfinite(disp), disp, 0.0)
-    out.append(np.asarray(depth_lib.zbuf_from_midas(resize_crop_depth(disp, res), options['near'],
-                                                    options['far'])))
+    notes = []
+    try:
+      disp = repair_depth(disp, np.isfinite(disp), options['max_invalid_depth'],
+                          'from the estimator', notes)
+      out.append((np.asarray(depth_lib.zbuf_from_midas(
+          resize_crop_depth(disp, res), options['near'], options['far'])), notes))
+    except Skip as e:
+      out.append((e, notes))
   return out
 
 
 def _write_shard(task: Dict[str, Any], estimator=None) -> Dict[str, Any]:
   """Writes one shard to a temporary file, renames it when complete; returns its record."""
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   options = task['options']
   feats = features(options['resolution'])
   final = pathlib.Path(task['path'])
@@ -540,11 +545,13 @@ def _write_shard(task: Dict[str, Any], estimator=None) -> Dict[str, Any]:
             skipped.append({'file': item[0],
                             'reason': f'unexpected error: {type(e).__name__}: {e}'})
         if loaded:
-          from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
-          zbufs = _estimate_zbuf(estimator, [x[2] for x in loaded], options)
-          for (item, rgb, _, notes), zbuf in zip(loaded, zbufs):
+          estimates = _estimate_zbuf(estimator, [x[2] for x in loaded], options)
+          for (item, rgb, _, notes), (zbuf, depth_notes) in zip(loaded, estimates):
+            if isinstance(zbuf, Skip):
+              skipped.append({'file': item[0], 'reason': str(zbuf)})
+              continue
             emit(_example(rgb, zbuf, label=item[1], file=item[0], view=cameras.SOURCE_VIEW),
-                 item[0], notes)
+                 item[0], notes + depth_notes)
         _tick(len(items[lo:lo + batch_size]))
   finally:
     writer.close()
@@ -603,7 +610,6 @@ def _options(data_config) -> Dict[str, Any]:
     if num_eval < 0:
       raise errors.ConfigError('data.num_eval_examples', f'{num_eval}', 'use 0 or more')
     viewset = _get(d, 'novel_viewset')
-    from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
     if viewset and viewset not in cameras.VIEWSETS:
       raise errors.ConfigError('data.novel_viewset', f'unknown view set {viewset!r}',
                                f"use one of {cameras.VIEWSETS} or '' for none")
@@ -775,7 +781,6 @@ def prepare(config, workdir: str, *, process_index: Optional[int] = None,
   Returns:
     The summary dict (also written as JSON by process 0).
   """
-  import jax  # pylint: disable=g-import-not-at-top
   start = time.time()
   options = _options(config.data)
   out = pathlib.Path(data_dir(config, workdir))
