@@ -13,6 +13,10 @@ PartitionSpec(('data', 'fsdp')).
   batch = next(it)          # {'rgbd': [128, R, R, 4] float32, 'label': [128] int32}
   state = it.get_state()    # JSON-serialisable; goes into training checkpoints
   it.set_state(state)       # the next batches are exactly those of an uninterrupted run
+
+Fields of config.data read here: dir (the prepared dataset), resolution, near, far (checked
+against the dataset's metadata), num_classes (checked when > 0), flip, num_workers (grain worker
+processes), read_threads (reader threads, default 4).
 """
 import json
 from typing import Any, Dict, Iterator, Optional
