@@ -38,6 +38,8 @@ CLIP_NEAR = 0.1
 # innermost pixels of that strip can land inside the source image again after the backward warp;
 # three pixels keep the backward mesh closed over the source border for any pi_1 of METHOD 5.
 FBW_BORDER = 3
+# Relative depth within which splat samples count as the same surface of a sub-pixel.
+DEPTH_TIE = 1e-3
 
 
 class Warped(NamedTuple):
@@ -175,7 +177,15 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
 
   zbuf = jnp.full((size * size,), jnp.inf, jnp.float32).at[idx].min(z, mode='drop')
   num = z.shape[0]
-  winner = jnp.isfinite(z) & (z == zbuf.at[idx].get(mode='fill', fill_value=-1.0))
+  # Among the samples of the nearest surface (within DEPTH_TIE of the z-buffer), the one nearest
+  # to the sub-pixel centre wins: it carries the colour at the centre, as OpenGL samples it, and
+  # the choice does not depend on float rounding of coplanar samples (so sharded == unsharded).
+  near_surface = jnp.isfinite(z) & (
+      z <= zbuf.at[idx].get(mode='fill', fill_value=-1.0) * (1.0 + DEPTH_TIE))
+  off = (jnp.stack([row, col], -1) % 1.0 - 0.5).reshape(-1, 2)
+  dist = jnp.where(near_surface, jnp.sum(off * off, -1), jnp.inf)
+  dbuf = jnp.full((size * size,), jnp.inf, jnp.float32).at[idx].min(dist, mode='drop')
+  winner = near_surface & (dist == dbuf.at[idx].get(mode='fill', fill_value=-1.0))
   sample_id = jnp.arange(num, dtype=jnp.int32)
   win_id = jnp.full((size * size,), num, jnp.int32).at[idx].min(
       jnp.where(winner, sample_id, num), mode='drop')
