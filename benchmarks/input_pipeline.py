@@ -9,7 +9,8 @@ Prints one JSON line per case:
   pipeline  create_input_iterator on all local devices: decode PNG -> float32 network encoding,
             random flip, batch, global jax.Array; in-process threads (workers=0) and grain worker
             processes; measured after a warm-up, ending with the batch on the devices
-Never asserts a time.
+In-process cases also report CPU seconds (examples_per_cpu_s): on a shared machine that figure
+is the one that does not depend on the load. Never asserts a time.
 """
 import argparse
 import json
@@ -67,12 +68,15 @@ def bench_prepare(root: pathlib.Path, resolution: int, num: int, workers: int, s
     config.data.folder = str(folder)
   out = root / f'{source}_{resolution}_{workers}'
   config.data.dir = str(out / 'data')
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   summary = builders.prepare(config, str(out))
-  seconds = time.perf_counter() - start
+  seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+  extra = {}
+  if workers <= 1:  # all work in this process: CPU time per example is independent of load
+    extra = dict(cpu_s=round(cpu, 3), examples_per_cpu_s=round(summary['num_written'] / cpu, 1))
   _emit(bench='prepare', source=source, resolution=resolution, workers=workers,
         examples=summary['num_written'], seconds=round(seconds, 3),
-        examples_per_s=round(summary['num_written'] / seconds, 1))
+        examples_per_s=round(summary['num_written'] / seconds, 1), **extra)
   return out / 'data'
 
 
@@ -89,13 +93,16 @@ def bench_pipeline(path: pathlib.Path, resolution: int, batch: int, workers: int
   it = pipeline.create_input_iterator(config.data, global_batch_size=batch, mesh=mesh, seed=0)
   for _ in range(3):  # warm-up: worker start, first reads
     jax.block_until_ready(next(it)['rgbd'])
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(steps):
     jax.block_until_ready(next(it)['rgbd'])
-  seconds = time.perf_counter() - start
+  seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+  extra = {}
+  if not workers:  # decoding runs in this process's threads
+    extra = dict(cpu_s=round(cpu, 3), examples_per_cpu_s=round(steps * batch / cpu, 1))
   _emit(bench='pipeline', resolution=resolution, global_batch=batch, workers=workers,
         devices=devices, batches=steps, seconds=round(seconds, 3),
-        examples_per_s=round(steps * batch / seconds, 1))
+        examples_per_s=round(steps * batch / seconds, 1), **extra)
 
 
 def main():
