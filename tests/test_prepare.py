@@ -470,3 +470,30 @@ def test_prepare_mode_through_main(tmp_path):
   assert summary['num_written'] == 8 and summary['data_dir'] == str(tmp_path / 'data')
   assert sys.modules['ivd_jax.data.builders'] is builders
   assert os.path.exists(tmp_path / 'data' / 'dataset_info.json')
+
+
+def test_validation_split_reuses_the_training_classes(folder_dataset, tmp_path):
+  """ImageNet workflow: a second folder prepared into the same dataset as split 'validation'
+  keeps the training label of each class name; unknown classes are reported, not relabelled."""
+  workdir, _ = folder_dataset
+  val = tmp_path / 'val'
+  for cls in ('space', 'zebras'):  # 'space' is class 2 in training; 'zebras' is unknown
+    (val / cls).mkdir(parents=True)
+    save_png(val / cls / 'img.png', skimage.data.astronaut())
+    np.save(val / cls / 'img.npy', midas_disparity(512, 512))
+  data = tmp_path / 'data'
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(workdir / 'data', data)
+  summary = builders.prepare(folder_config(val, dir=str(data), split='validation'),
+                             str(tmp_path / 'work'))
+  assert summary['splits'] == {'validation': 1} and summary['classes'] == [
+      'animals', 'objects', 'space']
+  assert summary['skipped'] == [{'file': 'zebras/img.png', 'reason': "class folder 'zebras' is "
+                                 'not in the class list of this dataset'}]
+  rows = read_split(data, 'validation')
+  assert {f: int(r['label']) for f, r in rows.items()} == {'space/img.png': 2}
+  assert len(read_split(data, 'train')) == 10  # the training split is still there
+  config = folder_config('unused', dir=str(data))
+  it = pipeline.create_input_iterator(config.data, global_batch_size=1, mesh=None, seed=0,
+                                      split='validation', shuffle=False, num_epochs=1)
+  assert np.asarray(next(it)['label']).tolist() == [2]
