@@ -262,6 +262,7 @@ def test_folder_read_back_through_pipeline(folder_dataset):
     ('data.depth_map_kind', dict(depth='depth_map', depth_map_kind='log'), 'unknown kind'),
     ('data.source', dict(source='web'), 'unknown source'),
     ('data.resolution', dict(resolution=4), 'too small'),
+    ('data.num_classes', dict(num_classes=1000), 'has 3 class folders'),
 ])
 def test_config_errors_name_the_field(tmp_path, photo_folder, field, overrides, needle):
   overrides = dict(overrides)

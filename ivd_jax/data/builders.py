@@ -664,6 +664,7 @@ def _options(data_config) -> Dict[str, Any]:
       estimator_batch_size=int(_get(d, 'estimator_batch_size')),
       estimator_resolution=int(_get(d, 'estimator_resolution')),
       max_invalid_depth=max_invalid, labels=labels, split=split,
+      num_classes=int(d.get('num_classes') or 0),
       classes=[c.strip() for c in str(_get(d, 'classes')).split(',') if c.strip()])
   return options
 
@@ -698,7 +699,14 @@ def _plans(options: Dict[str, Any], existing: Dict[str, Any]
       raise errors.ConfigError(
           'data.folder', f'{options["folder"]} contains no image files '
           f'({", ".join(IMAGE_EXTENSIONS)})', 'point it at a folder of images')
-    worker_options = {k: v for k, v in options.items() if k not in ('classes', 'estimator_kwargs')}
+    if options['num_classes'] and len(classes) != options['num_classes']:
+      raise errors.ConfigError(
+          'data.num_classes', f'{options["num_classes"]} classes expected but '
+          f'{options["folder"]} has {len(classes)} class folders',
+          f'set --config.data.num_classes={len(classes)} (here and for training), or 0 to skip '
+          'this check')
+    worker_options = {k: v for k, v in options.items()
+                      if k not in ('classes', 'estimator_kwargs', 'num_classes')}
     plans = [_SplitPlan(options['split'], items, per_shard, worker_options)]
   for plan in plans:
     plan.plan_id = _plan_id(plan.options, plan.items)
