@@ -26,8 +26,12 @@ _TORCH_CUBIC_A = -0.75
 
 
 @functools.lru_cache(maxsize=256)
-def _interp_matrix(in_size: int, out_size: int, mode: str, align_corners: bool) -> np.ndarray:
-  """[out, in] weights of torch's 1-D linear/cubic interpolation (border indices clamped)."""
+def _interp_taps(in_size: int, out_size: int, mode: str,
+                 align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
+  """torch's 1-D linear/cubic interpolation as (indices, weights), both [out, taps].
+
+  Border indices are clamped as torch does; 2 taps (linear) or 4 (cubic) per output sample.
+  """
   dst = np.arange(out_size, dtype=np.float64)
   if align_corners:
     scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
@@ -38,10 +42,9 @@ def _interp_matrix(in_size: int, out_size: int, mode: str, align_corners: bool) 
       src = np.maximum(src, 0.0)  # torch clamps negative source indices for linear modes only
   base = np.floor(src).astype(np.int64)
   t = src - base
-  weights = np.zeros((out_size, in_size), np.float64)
-  rows = np.arange(out_size)
   if mode == 'linear':
-    taps = [(base, 1.0 - t), (np.minimum(base + 1, in_size - 1), t)]
+    index = np.stack([base, base + 1], axis=1)
+    weight = np.stack([1.0 - t, t], axis=1)
   elif mode == 'cubic':
     a = _TORCH_CUBIC_A
 
@@ -51,13 +54,23 @@ def _interp_matrix(in_size: int, out_size: int, mode: str, align_corners: bool) 
     def far(x):  # 1 < |x| < 2
       return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
 
-    taps = [(base - 1, far(t + 1)), (base, near(t)), (base + 1, near(1 - t)),
-            (base + 2, far(2 - t))]
+    index = np.stack([base - 1, base, base + 1, base + 2], axis=1)
+    weight = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
   else:
     raise ValueError(f'unknown interpolation mode {mode!r}')
-  for index, w in taps:
-    np.add.at(weights, (rows, np.clip(index, 0, in_size - 1)), w)
-  return weights.astype(np.float32)
+  return np.clip(index, 0, in_size - 1).astype(np.int32), weight.astype(np.float32)
+
+
+def _interp_axis(x: jax.Array, axis: int, out_size: int, kind: str,
+                 align_corners: bool) -> jax.Array:
+  index, weight = _interp_taps(x.shape[axis], out_size, kind, align_corners)
+  shape = [1] * x.ndim
+  shape[axis] = out_size
+  out = None
+  for tap in range(index.shape[1]):  # a few gathers: O(taps) work, not a dense [out, in] matmul
+    term = jnp.take(x, index[:, tap], axis=axis) * weight[:, tap].reshape(shape).astype(x.dtype)
+    out = term if out is None else out + term
+  return out
 
 
 def torch_interpolate(x: jax.Array, size: tuple[int, int], *, mode: str,
@@ -74,14 +87,11 @@ def torch_interpolate(x: jax.Array, size: tuple[int, int], *, mode: str,
     [B, size[0], size[1], C] in x's dtype.
   """
   kind = {'bilinear': 'linear', 'bicubic': 'cubic'}[mode]
-  _, h, w, _ = x.shape
-  if (h, w) == tuple(size):
-    return x  # both kernels are the identity at equal size
-  wh = jnp.asarray(_interp_matrix(h, size[0], kind, align_corners), x.dtype)
-  ww = jnp.asarray(_interp_matrix(w, size[1], kind, align_corners), x.dtype)
-  hp = jax.lax.Precision.HIGHEST
-  x = jnp.einsum('oh,bhwc->bowc', wh, x, precision=hp)
-  return jnp.einsum('pw,bowc->bopc', ww, x, precision=hp)
+  if x.shape[1] != size[0]:  # both kernels are the identity at equal size
+    x = _interp_axis(x, 1, size[0], kind, align_corners)
+  if x.shape[2] != size[1]:
+    x = _interp_axis(x, 2, size[1], kind, align_corners)
+  return x
 
 
 @dataclasses.dataclass(frozen=True)
