@@ -3,6 +3,7 @@
   python benchmarks/input_pipeline.py [--resolutions 64 128] [--num 512] [--workers 0 2]
 
 Prints one JSON line per case:
+  procedural_render  sample_scene + render_rgbd (1000 scenes at 64 px, 250 at 128 px)
   prepare   procedural scenes (exact depth) and a folder of real JPEG photographs with MiDaS
             .npz disparity (Lanczos resize + crop, depth conversion, PNG encoding, ArrayRecord);
             one process and a pool of worker processes
@@ -80,6 +81,20 @@ def bench_prepare(root: pathlib.Path, resolution: int, num: int, workers: int, s
   return out / 'data'
 
 
+def bench_procedural(resolution: int, num: int) -> None:
+  """sample_scene + render_rgbd from the source view (exact ray casting), one process."""
+  from ivd_jax.data import procedural  # pylint: disable=g-import-not-at-top
+  from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
+  procedural.render_rgbd(procedural.sample_scene(0), cameras.SOURCE_VIEW, resolution)
+  start, cpu_start = time.perf_counter(), time.process_time()
+  for seed in range(num):
+    procedural.render_rgbd(procedural.sample_scene(seed), cameras.SOURCE_VIEW, resolution)
+  seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+  _emit(bench='procedural_render', resolution=resolution, scenes=num, seconds=round(seconds, 3),
+        scenes_per_s=round(num / seconds, 1), cpu_s=round(cpu, 3),
+        scenes_per_cpu_s=round(num / cpu, 1))
+
+
 def bench_pipeline(path: pathlib.Path, resolution: int, batch: int, workers: int,
                    steps: int) -> None:
   config = prepare_config.get_config('procedural')
@@ -117,6 +132,7 @@ def main():
     root = pathlib.Path(tmp)
     photos = _photo_folder(root, max(8, args.num // 4))
     for resolution in args.resolutions:
+      bench_procedural(resolution, 1000 if resolution <= 64 else 250)
       data = None
       for workers in sorted({max(1, w) for w in args.workers}):
         path = bench_prepare(root, resolution, args.num, workers, 'procedural')
