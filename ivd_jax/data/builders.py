@@ -19,6 +19,8 @@ Features of every example:
   novel_rgb / novel_depth / novel_view
                true novel views [V, ...] of procedural scenes for evaluation (split 'test'; V = 0
                elsewhere): same encodings, zlib-compressed
+Read it with ivd_jax.data.pipeline, or with tfds and decoders={'rgb': SkipDecoding(), 'depth':
+SkipDecoding()} plus decode_png() below: TFDS' own numpy decoder needs OpenCV for 16-bit PNGs.
 Sources:
   procedural   embedded analytic scenes with exact depth: split 'train' (num_examples) and split
                'test' (num_eval_examples, with the novel views of config.data.novel_viewset).
