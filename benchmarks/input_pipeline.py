@@ -27,9 +27,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import prepare as prepare_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.data import builders  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import prepare as prepare_config  # pylint: disable=wrong-import-position
+from ivd_jax.data import builders  # pylint: disable=wrong-import-position
+from ivd_jax.data import pipeline  # pylint: disable=wrong-import-position
 
 
 def _emit(**record):

@@ -241,8 +241,8 @@ def test_folder_read_back_through_pipeline(folder_dataset):
   np.testing.assert_array_equal(np.asarray(batch['label']), [-1, 0, 0, 1, 1, 1, 1, 1])
   rows = read_split(workdir / 'data')
   first = rows['loose.png']
-  want = np.concatenate([first['rgb'] / 255.0, builders.zbuf_from_uint16(first['depth'])[..., None]],
-                        -1) * 2 - 1
+  zbuf = builders.zbuf_from_uint16(first['depth'])[..., None]
+  want = np.concatenate([first['rgb'] / 255.0, zbuf], -1) * 2 - 1
   np.testing.assert_allclose(np.asarray(batch['rgbd'][0]), want, atol=1e-6)
   with pytest.raises(StopIteration):
     next(it)  # 10 examples, one full batch of 8 per epoch
@@ -304,7 +304,8 @@ def test_depth_maps_metric_png_and_inverse_npy(tmp_path):
   for name, kind, scale, raw in (('a.png', 'metric', 1e-3, np.round(metric_m * 1000)),
                                  ('b.png', 'inverse', 1.0, 1.0 / metric_m)):
     config = folder_config(images, depth='depth_map',
-                           depth_folder=str(tmp_path / f'depth_{kind}'), depth_map_kind=kind, depth_map_scale=scale,
+                           depth_folder=str(tmp_path / f'depth_{kind}'), depth_map_kind=kind,
+                           depth_map_scale=scale,
                            dir=str(tmp_path / f'data_{kind}'))
     config.data.labels = 'none'
     summary = builders.prepare(config, str(tmp_path / f'work_{kind}'))

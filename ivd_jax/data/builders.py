@@ -288,7 +288,8 @@ def _match_image_size(depth: np.ndarray, width: int, height: int, name: str,
   if abs(w / h - width / height) > 0.01 * (width / height):
     raise Skip(f'depth {name} is {w}x{h} but the image is {width}x{height} (aspect ratio differs)')
   notes.append(f'depth {w}x{h} resized to the image size {width}x{height}')
-  return np.asarray(Image.fromarray(depth.astype(np.float32)).resize((width, height), Image.NEAREST))
+  resized = Image.fromarray(depth.astype(np.float32)).resize((width, height), Image.NEAREST)
+  return np.asarray(resized)
 
 
 def repair_depth(depth: np.ndarray, valid: np.ndarray, max_invalid: float, name: str,
