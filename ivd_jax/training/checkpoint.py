@@ -264,7 +264,7 @@ def load_params(path: str, *, ema: bool = True, sharding: Any = None
     manager = ocp.CheckpointManager(
         ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
         item_handlers=dict(state=ocp.PyTreeCheckpointHandler(),
-                           config=ocp.JsonCheckpointHandler()))
+                           config=ocp.JsonCheckpointHandler(), data=DataStateHandler()))
     last_error = None
     for step in sorted(manager.all_steps(), reverse=True):
       try:

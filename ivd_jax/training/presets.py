@@ -67,6 +67,9 @@ def train_config(preset: Optional[str] = 'tiny', *, conditional: bool = False
   config.init_from = ''
 
   config.data = data_defaults()
+  # Procedural prepare also writes a 'test' split with true novel views (evaluation); training
+  # only reads 'train'.
+  config.data.num_eval_examples = 64
   config.model = model_defaults()
   config.model.in_channels = 10 if conditional else 4
 
@@ -109,6 +112,16 @@ def train_config(preset: Optional[str] = 'tiny', *, conditional: bool = False
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.shape = (-1, 1)  # ('data', 'fsdp'); -1 = all remaining devices
+
+  # Multi-process runs (ivd_jax/distributed.py). TPU pods and SLURM steps are detected; set
+  # coordinator_address/num_processes/process_id for anything else (e.g. localhost tests).
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.coordinator_address = ''
+  config.distributed.num_processes = 1
+  config.distributed.process_id = 0
+  config.distributed.local_device_ids = ()
+  config.distributed.cpu_collectives = ''  # 'gloo' for multi-process CPU runs
+  config.distributed.enabled = False
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 5000
