@@ -218,3 +218,11 @@ def test_prepare_with_estimator_on_photographs(weights, tmp_path):
     disp = builders.resize_crop_depth(est(crop[None])[0], 32)
     want = np.asarray(depth_lib.zbuf_from_midas(disp, 0.5, 100.0))
     np.testing.assert_allclose(zbuf, want, atol=2e-5)  # 16-bit PNG quantisation
+
+
+def test_bfloat16_compute_stays_close(weights, raw_estimator):
+  images = photos()
+  ref = raw_estimator(images)
+  out = de.estimator(weights=weights, normalization='none', batch_size=4, dtype='bfloat16')(images)
+  rel = np.abs(out - ref) / np.abs(ref).max()
+  assert np.isfinite(out).all() and rel.mean() < 2e-2
