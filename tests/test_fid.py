@@ -144,14 +144,15 @@ def extractor(params):
 
 def test_fid_rises_monotonically_with_corruption(extractor, photos):
   ndimage = pytest.importorskip('scipy.ndimage')
-  x = photos.astype(np.float32)
+  x = photos[:4].astype(np.float32)  # 4 photos x 7 versions = 28 images, 4 batches
   blurred = [ndimage.gaussian_filter(x, (0, s, s, 0)) for s in (1.0, 2.0, 4.0)]
   shifted = [np.roll(x, (s, s), axis=(1, 2)) for s in (4, 12, 32)]
   feats = extractor(np.concatenate([x] + blurred + shifted).round().astype(np.uint8)).pool
-  clean, rest = feats[:8], np.split(feats[8:], 6)
+  clean, rest = feats[:4], np.split(feats[4:], 6)
   assert abs(fid.fid_from_features(clean, clean)) < 1e-6
   for corrupted in (rest[:3], rest[3:]):
     scores = [fid.fid_from_features(clean, f) for f in corrupted]
+    # Measured: blur sigma 1/2/4 -> 72/161/339; shift 4/12/32 px -> 40/81/134.
     assert scores[0] > 1.0, scores
     assert all(b > a * 1.1 for a, b in zip(scores, scores[1:])), scores
 

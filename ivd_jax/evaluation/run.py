@@ -211,7 +211,7 @@ def _pipeline_images(config: Any, workdir: str, limit: int):
   probe = pipeline.create_input_iterator(data_config, global_batch_size=procs, mesh=None,
                                          seed=0, split=e.reference_split, shuffle=False,
                                          num_epochs=1)
-  n = probe.num_examples if not limit else min(limit // procs, probe.num_examples)
+  n = probe.num_examples if not limit else min(max(1, limit // procs), probe.num_examples)
   # A batch size dividing the count, so that the pipeline's drop_remainder keeps every image.
   local = _largest_divisor(n, max(1, e.batch_size // procs))
   it = pipeline.create_input_iterator(data_config, global_batch_size=local * procs, mesh=None,
