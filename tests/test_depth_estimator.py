@@ -1,4 +1,4 @@
-"""The depth estimator hook: processor parity, end-to-end parity with transformers, sharding, scale."""
+"""The depth estimator hook: processor and end-to-end parity with transformers, sharding, scale."""
 import os
 
 import numpy as np

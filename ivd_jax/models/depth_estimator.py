@@ -20,19 +20,24 @@ Inside one jitted function per (batch, height, width), with the batch sharded ov
 
 The disparity scale. DPT models predict affine-invariant inverse depth: their training loss
 aligns scale and shift per image, so the absolute scale of the raw output is an arbitrary,
-per-checkpoint convention (MiDaS v3.1 BEiT models output thousands, Depth Anything single
-digits to tens). The reference fixed its depth scale through MiDaS `dpt_beit_large_512`'s raw
-output (METHOD 3 divides it by 6250, so raw 6250 is depth 1, the orbit centre of METHOD 2).
-  - 'none': the raw output. Exactly the reference's scale for the converted
-    `dpt_beit_large_512` (same network, same processor): the default for BEiT checkpoints.
-  - 'median' (default for every other checkpoint, e.g. Depth Anything V2): a per-image scale
-    (no shift, so zero disparity stays at infinity: sky stays on the far plane) that puts the
-    median of the image's positive disparities at `target_median` (default 6250, i.e. median depth = 1 = the
-    orbit centre the reference's cameras turn around). Per-image, because the scale of an
-    affine-invariant model is not comparable between checkpoints, only within an image.
-  - 'scale': a fixed factor `scale`, for a factor calibrated against the reference
-    (`fit_scale` on images that have both, e.g. the reference's own MiDaS files or this
-    module's BEiT estimator).
+per-checkpoint convention (MiDaS v3.1 BEiT models output thousands, Depth Anything single digits
+to tens). The reference fixed its depth scale through MiDaS `dpt_beit_large_512`'s raw output
+(METHOD 3 divides it by 6250: raw 6250 is depth 1, the orbit centre of METHOD 2).
+  - 'none': the raw output. For the converted `dpt_beit_large_512` this IS the reference's scale:
+    the same network and normalisation, and the same network input size (MiDaS' "minimal"
+    keep-aspect resize to multiples of 32); only the resize kernel differs (cv2 bicubic in MiDaS'
+    run.py, antialiased Pillow bicubic in transformers), and not at all when the image is already
+    512 px (prepare's default estimator_resolution). Default for BEiT checkpoints.
+  - 'median' (default for every other checkpoint, e.g. Depth Anything V2): a per-image scale, no
+    shift (zero disparity stays at infinity: sky stays on the far plane), that puts the median of
+    the image's positive disparities at `target_median`, default 6250, i.e. the median pixel at
+    depth 1, the orbit centre the reference's cameras turn around. The reference's own per-image
+    scale cannot be recovered without running its model, and a global factor needs calibration
+    data; anchoring the median is the one choice that depends on neither, and zbuf_from_midas then
+    treats the result exactly as it treats the reference's files (including pulling the nearest
+    point to `near` when the image's disparity range exceeds 2x its median).
+  - 'scale': a fixed factor `scale` calibrated against the reference: `fit_scale` on images that
+    have both (the reference's MiDaS files, or this module's BEiT estimator with 'none').
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ivd_jax import errors
+from ivd_jax.geometry import depth as depth_lib
 from ivd_jax.models import dpt
 
 # transformers' IMAGENET_STANDARD_* (MiDaS BEiT) and IMAGENET_DEFAULT_* (Depth Anything).
@@ -57,7 +63,7 @@ HALF = (0.5, 0.5, 0.5)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # METHOD 3: the reference divides raw MiDaS disparity by this, so this raw value is depth 1.
-REFERENCE_DISPARITY_AT_DEPTH_1 = 6250.0
+REFERENCE_DISPARITY_AT_DEPTH_1 = float(depth_lib.MIDAS_SCALE)
 NORMALIZATIONS = ('auto', 'none', 'median', 'scale')
 _CONFIG_KEY = '__config__'
 

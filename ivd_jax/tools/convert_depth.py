@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from typing import Any, Mapping
 
 from absl import app
@@ -324,7 +325,11 @@ def main(argv):
   del argv
   if not _CHECKPOINT.value or not _OUTPUT.value:
     raise app.UsageError('--checkpoint and --output are required')
-  config = convert_checkpoint(_CHECKPOINT.value, _OUTPUT.value)
+  try:
+    config = convert_checkpoint(_CHECKPOINT.value, _OUTPUT.value)
+  except errors.UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   print(json.dumps({'output': _OUTPUT.value, 'backbone_layers': config.backbone.num_layers,
                     'hidden_size': config.backbone.hidden_size}))
 
