@@ -280,14 +280,17 @@ class DepthEstimator:
                              f'{images.dtype} {images.shape}. Fix: pass RGB uint8 batches')
     b, h, w, _ = images.shape
     fn = self._fn(h, w)
-    out = np.empty((b, h, w), np.float32)
+    pending = []
     for start in range(0, b, self.batch_size):
       chunk = images[start:start + self.batch_size]
       k = chunk.shape[0]
       if k < self.batch_size:  # pad with copies so every chunk reuses one compilation
         chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - k, 0)])
-      x = jax.device_put(chunk, self._batch_sharding)
-      out[start:start + k] = np.asarray(fn(self._params, x))[:k]
+      # Dispatch every chunk before reading any back: transfers overlap the computation.
+      pending.append((start, k, fn(self._params, jax.device_put(chunk, self._batch_sharding))))
+    out = np.empty((b, h, w), np.float32)
+    for start, k, result in pending:
+      out[start:start + k] = np.asarray(result)[:k]
     return out
 
 
