@@ -114,6 +114,33 @@ def test_mismatched_checkpoint_is_a_user_error(beit):
     convert_depth.params_from_state_dict(state, config)
 
 
+def test_sparse_hub_configs_give_the_published_models():
+  """config.json files list only non-default values; the converter fills transformers' defaults."""
+  # depth-anything/Depth-Anything-V2-Small-hf's config.json (architecture fields).
+  da2_small = {
+      'model_type': 'depth_anything', 'depth_estimation_type': 'relative', 'max_depth': None,
+      'fusion_hidden_size': 64, 'head_hidden_size': 32, 'head_in_index': -1,
+      'neck_hidden_sizes': [48, 96, 192, 384], 'patch_size': 14,
+      'reassemble_factors': [4, 2, 1, 0.5], 'reassemble_hidden_size': 384,
+      'backbone_config': {'model_type': 'dinov2', 'hidden_size': 384, 'image_size': 518,
+                          'num_attention_heads': 6, 'out_features': ['stage3', 'stage6', 'stage9',
+                                                                     'stage12'],
+                          'out_indices': [3, 6, 9, 12], 'reshape_hidden_states': False}}
+  assert convert_depth.config_from_transformers(da2_small) == dpt.depth_anything_v2('small')
+  # MiDaS v3.1 BEiT-L 512 with every default value left out of both levels.
+  backbone = transformers.BeitConfig(
+      image_size=512, num_hidden_layers=24, hidden_size=1024, intermediate_size=4096,
+      num_attention_heads=16, use_relative_position_bias=True, reshape_hidden_states=False,
+      out_features=['stage6', 'stage12', 'stage18', 'stage24'])
+  beit = transformers.DPTConfig(backbone_config=backbone, neck_hidden_sizes=[256, 512, 1024, 1024])
+  sparse = beit.to_diff_dict()
+  beit_defaults = transformers.BeitConfig().to_dict()
+  sparse['backbone_config'] = {k: v for k, v in sparse['backbone_config'].items()
+                               if k == 'model_type' or beit_defaults.get(k, object()) != v}
+  assert 'layer_norm_eps' not in sparse['backbone_config']
+  assert convert_depth.config_from_transformers(sparse) == dpt.dpt_beit_large_512()
+
+
 @pytest.mark.parametrize('mode,align', [('bilinear', False), ('bilinear', True),
                                         ('bicubic', False)])
 @pytest.mark.parametrize('size', [(7, 11), (3, 2)])

@@ -34,11 +34,42 @@ from ivd_jax.models import vit
 # Configs.
 
 
+# transformers' config defaults for every field read below: config.json files hold only the
+# values that differ from them (the hub's backbone_config often lists just a few keys).
+_DEFAULTS = {
+    'beit': dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, hidden_act='gelu', layer_norm_eps=1e-12, image_size=224,
+                 patch_size=16, reshape_hidden_states=True, use_absolute_position_embeddings=False,
+                 use_relative_position_bias=False, use_shared_relative_position_bias=False,
+                 layer_scale_init_value=0.1, add_fpn=False),
+    'dinov2': dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4,
+                   hidden_act='gelu', layer_norm_eps=1e-6, image_size=224, patch_size=14,
+                   qkv_bias=True, layerscale_value=1.0, use_swiglu_ffn=False,
+                   apply_layernorm=True, reshape_hidden_states=True),
+    'dpt': dict(neck_hidden_sizes=[96, 192, 384, 768], reassemble_factors=[4, 2, 1, 0.5],
+                readout_type='project', fusion_hidden_size=256, hidden_act='gelu',
+                is_hybrid=False, add_projection=False, use_batch_norm_in_fusion_residual=False,
+                use_bias_in_fusion_residual=None, head_in_index=-1),
+    'depth_anything': dict(patch_size=14, neck_hidden_sizes=[48, 96, 192, 384],
+                           reassemble_factors=[4, 2, 1, 0.5], fusion_hidden_size=64,
+                           head_in_index=-1, reassemble_hidden_size=384, head_hidden_size=32,
+                           depth_estimation_type='relative', max_depth=1),
+}
+
+
+def _with_defaults(d: Mapping[str, Any]) -> dict[str, Any]:
+  out = dict(_DEFAULTS.get(d.get('model_type'), {}))
+  out.update({k: v for k, v in d.items() if v is not None or k not in out})
+  return out
+
+
 def _out_indices(backbone: Mapping[str, Any]) -> tuple[int, ...]:
   """1-based layer numbers: HF out_indices index stage_names, where 0 is the stem."""
   if backbone.get('out_indices'):
     return tuple(int(i) for i in backbone['out_indices'])
-  return tuple(int(re.fullmatch(r'stage(\d+)', s).group(1)) for s in backbone['out_features'])
+  if backbone.get('out_features'):
+    return tuple(int(re.fullmatch(r'stage(\d+)', s).group(1)) for s in backbone['out_features'])
+  return (int(backbone['num_hidden_layers']),)  # transformers' default: the last stage
 
 
 def _size(value: Any) -> int:
@@ -58,29 +89,30 @@ def _require(ok: bool, what: str) -> None:
 def config_from_transformers(hf: Mapping[str, Any]) -> dpt.DPTConfig:
   """DPTConfig from a transformers config.json dict (model_type 'dpt' or 'depth_anything')."""
   model_type = hf.get('model_type')
-  bb = hf.get('backbone_config') or {}
   _require(model_type in ('dpt', 'depth_anything'), f'model_type {model_type!r}')
-  _require(bb.get('hidden_act', 'gelu') == 'gelu', 'backbone hidden_act must be gelu')
+  hf = _with_defaults(hf)
+  bb = _with_defaults(hf.get('backbone_config') or {})
+  _require(bb['hidden_act'] == 'gelu', 'backbone hidden_act must be gelu')
   out = _out_indices(bb)
   if model_type == 'dpt':
-    _require(not hf.get('is_hybrid', False) and bb.get('model_type') == 'beit',
+    _require(not hf['is_hybrid'] and bb.get('model_type') == 'beit',
              'DPT without a BEiT backbone')
-    _require(not hf.get('add_projection', False), 'add_projection')
-    _require(not hf.get('use_batch_norm_in_fusion_residual', False), 'batch norm in fusion')
-    _require(hf.get('use_bias_in_fusion_residual') in (None, True), 'bias-free fusion convs')
-    _require(hf.get('head_in_index', -1) == -1, 'head_in_index != -1')
-    _require(hf.get('hidden_act', 'gelu') == 'gelu', 'readout activation must be gelu')
-    _require(not bb.get('add_fpn', False) and not bb.get('reshape_hidden_states', False),
+    _require(not hf['add_projection'], 'add_projection')
+    _require(not hf['use_batch_norm_in_fusion_residual'], 'batch norm in fusion')
+    _require(hf['use_bias_in_fusion_residual'] in (None, True), 'bias-free fusion convs')
+    _require(hf['head_in_index'] == -1, 'head_in_index != -1')
+    _require(hf['hidden_act'] == 'gelu', 'readout activation must be gelu')
+    _require(not bb['add_fpn'] and not bb['reshape_hidden_states'],
              'BEiT backbone with FPN / reshaped features')
     backbone = vit.ViTConfig(
         hidden_size=bb['hidden_size'], num_layers=bb['num_hidden_layers'],
         num_heads=bb['num_attention_heads'], mlp_dim=bb['intermediate_size'],
         patch_size=bb['patch_size'], image_size=_size(bb['image_size']),
         layer_norm_eps=bb['layer_norm_eps'], key_bias=False,
-        relative_position_bias=bb.get('use_relative_position_bias', False),
-        shared_relative_position_bias=bb.get('use_shared_relative_position_bias', False),
-        absolute_position_embeddings=bb.get('use_absolute_position_embeddings', False),
-        layer_scale=bb.get('layer_scale_init_value', 0.1) > 0, apply_layernorm=False,
+        relative_position_bias=bb['use_relative_position_bias'],
+        shared_relative_position_bias=bb['use_shared_relative_position_bias'],
+        absolute_position_embeddings=bb['use_absolute_position_embeddings'],
+        layer_scale=bb['layer_scale_init_value'] > 0, apply_layernorm=False,
         out_indices=out)
     return dpt.DPTConfig(
         backbone=backbone, neck_hidden_sizes=tuple(hf['neck_hidden_sizes']),
@@ -88,19 +120,20 @@ def config_from_transformers(hf: Mapping[str, Any]) -> dpt.DPTConfig:
         fusion_hidden_size=hf['fusion_hidden_size'], fusion_to_next_size=False,
         head_hidden_size=32, head_to_patch_grid=False, head_activation='relu', max_depth=1.0)
   _require(bb.get('model_type') == 'dinov2', 'Depth Anything without a DINOv2 backbone')
-  _require(not bb.get('reshape_hidden_states', False), 'reshaped backbone features')
-  _require(hf.get('reassemble_hidden_size', bb['hidden_size']) == bb['hidden_size'],
+  _require(hf['head_in_index'] == -1, 'head_in_index != -1')
+  _require(not bb['reshape_hidden_states'], 'reshaped backbone features')
+  _require(hf['reassemble_hidden_size'] == bb['hidden_size'],
            'reassemble_hidden_size != backbone hidden_size')
   backbone = vit.ViTConfig(
       hidden_size=bb['hidden_size'], num_layers=bb['num_hidden_layers'],
       num_heads=bb['num_attention_heads'], mlp_dim=int(bb['hidden_size'] * bb['mlp_ratio']),
       patch_size=bb['patch_size'], image_size=_size(bb['image_size']),
-      layer_norm_eps=bb['layer_norm_eps'], key_bias=bb.get('qkv_bias', True),
-      query_value_bias=bb.get('qkv_bias', True), relative_position_bias=False,
+      layer_norm_eps=bb['layer_norm_eps'], key_bias=bb['qkv_bias'],
+      query_value_bias=bb['qkv_bias'], relative_position_bias=False,
       absolute_position_embeddings=True, layer_scale=True,
-      swiglu=bb.get('use_swiglu_ffn', False), apply_layernorm=bb.get('apply_layernorm', True),
+      swiglu=bb['use_swiglu_ffn'], apply_layernorm=bb['apply_layernorm'],
       out_indices=out)
-  metric = hf.get('depth_estimation_type', 'relative') == 'metric'
+  metric = hf['depth_estimation_type'] == 'metric'
   return dpt.DPTConfig(
       backbone=backbone, neck_hidden_sizes=tuple(hf['neck_hidden_sizes']),
       reassemble_factors=tuple(hf['reassemble_factors']), readout='ignore',
