@@ -106,6 +106,23 @@ def test_legacy_parameter_names_convert_identically(beit):
   assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
 
 
+def test_legacy_depth_anything_names_convert_identically(depth_anything):
+  config = convert_depth.config_from_transformers(depth_anything.config.to_dict())
+  new = depth_anything.state_dict()
+  legacy = {}
+  for k, v in new.items():
+    for old, name in (('attention.q_proj', 'attention.attention.query'),
+                      ('attention.k_proj', 'attention.attention.key'),
+                      ('attention.v_proj', 'attention.attention.value'),
+                      ('attention.o_proj', 'attention.output.dense')):
+      k = k.replace(old, name)
+    legacy[k] = v
+  assert set(legacy) != set(new)
+  a = convert_depth.params_from_state_dict(new, config)
+  b = convert_depth.params_from_state_dict(legacy, config)
+  assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
+
+
 def test_mismatched_checkpoint_is_a_user_error(beit):
   config = convert_depth.config_from_transformers(beit.config.to_dict())
   state = dict(beit.state_dict())
