@@ -3,10 +3,11 @@
 The reference renders an RGB-D image as a triangle mesh on its pixel grid with OpenGL at 3x
 supersampling (SSAA). Here the same mesh is rasterised by point sampling: every grid quad (two
 triangles, split along the shorter 3D diagonal as the reference does) is sampled at K x K points
-(K = 2 * ssaa, so an unstretched quad puts ~4 samples into each target sub-pixel and a surface
-stretched up to ~1.4x still leaves no pinholes). Samples are interpolated linearly on their
-triangle, projected, and resolved per sub-pixel with a z-buffer (scatter-min of planar depth);
-the nearest sample of each sub-pixel wins and brings its colour and flags. Then METHOD 4:
+(K = 5 for ssaa = 3: an unstretched quad puts ~3 samples into each target sub-pixel, and a
+surface stretched ~1.2x still leaves no pinholes; see samples_per_quad). Samples are interpolated
+linearly on their triangle, projected, and resolved per sub-pixel with a z-buffer (scatter-min
+of planar depth); among the samples of the nearest surface the one nearest to the sub-pixel
+centre wins and brings its colour and flags. Then METHOD 4:
 
 * a triangle is cut (a depth discontinuity) where BOTH max-min depth > atol and max-min inverse
   depth > rtol over its three vertices; vertices of cut triangles are flagged and a triangle
@@ -46,6 +47,17 @@ class Warped(NamedTuple):
   """A warped RGB-D image: rgbd [H, W, 4] (zero outside the mask) and mask [H, W, 1] in {0, 1}."""
   rgbd: jnp.ndarray
   mask: jnp.ndarray
+
+
+def samples_per_quad(ssaa: int) -> int:
+  """K of the K x K samples per grid quad: about 5/3 samples per sub-pixel along each axis.
+
+  An unstretched quad covers ssaa x ssaa sub-pixels; at spacing 0.6 sub-pixel a surface may be
+  stretched ~1.2x in any direction (1.6x along the grid) before a sub-pixel can miss all
+  samples, and the 7/9 coverage rule absorbs single misses. K = 2 ssaa gave the same fixture
+  scores (recall within 0.003) at 1.44x the cost.
+  """
+  return (5 * ssaa + 2) // 3
 
 
 @functools.lru_cache(maxsize=None)
@@ -135,7 +147,7 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
     and payload [S, S, C] of the winning sample.
   """
   hv, wv = exists.shape
-  k = 2 * ssaa
+  k = samples_per_quad(ssaa)
   pattern = _sample_pattern(k)
   kk = k * k
   size = ssaa * resolution
@@ -156,39 +168,51 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
     tri_flags.append(jnp.stack([f0[0] & f0[1] & f0[2], f1[0] & f1[1] & f1[2]], -1))
 
   # Samples: [Q, K^2] positions on their triangles (exact: the mesh is piecewise linear).
-  c00, c01, c10, c11 = (c.reshape(-1, 1, 3) for c in corners)
+  # Written channel by channel with per-quad coefficients so that XLA CPU emits cheap vectorised
+  # loops (it re-materialises these expressions inside every scatter/gather that reads them).
   da = diag_a.reshape(-1, 1)
-  m = jnp.where(da, pattern['m_a'], pattern['m_b'])[..., None]
-  s = pattern['s'][:, None]
-  t = pattern['t'][:, None]
-  p = c00 + s * (c01 - c00) + t * (c10 - c00) + m * (c11 - c01 - c10 + c00)  # [Q, K^2, 3]
-  tri = jnp.where(da, pattern['tri_a'], pattern['tri_b'])  # [Q, K^2]
-  sample_exists = jnp.take_along_axis(tri_exists.reshape(-1, 2), tri, axis=1)
+  m = jnp.where(da, pattern['m_a'], pattern['m_b'])
+  s = pattern['s']
+  t = pattern['t']
+  c00, c01, c10, c11 = (c.reshape(-1, 3) for c in corners)
+  coeff = lambda ch: (c00[:, ch:ch + 1], (c01 - c00)[:, ch:ch + 1], (c10 - c00)[:, ch:ch + 1],
+                      (c11 - c01 - c10 + c00)[:, ch:ch + 1])
+  interp = lambda k: k[0] + s * k[1] + t * k[2] + m * k[3]
+  px, py, pz = (interp(coeff(ch)) for ch in range(3))  # [Q, K^2] each
+  tri_ex = tri_exists.reshape(-1, 2)
+  tri_is_1 = jnp.where(da, pattern['tri_a'].astype(bool), pattern['tri_b'].astype(bool))
+  sample_exists = jnp.where(tri_is_1, tri_ex[:, 1:], tri_ex[:, :1])
 
-  z = -p[..., 2]
-  safe_z = jnp.where(z > clip_near, z, 1.0)
-  col = (0.5 + f * p[..., 0] / safe_z) * size
-  row = (0.5 - f * p[..., 1] / safe_z) * size
+  z = -pz
+  inv_z = 1.0 / jnp.where(z > clip_near, z, 1.0)
+  col = (0.5 + f * px * inv_z) * size
+  row = (0.5 - f * py * inv_z) * size
   valid = (sample_exists & (z > clip_near) & (col >= 0) & (col < size) & (row >= 0)
            & (row < size))
-  idx = jnp.where(valid, jnp.floor(row).astype(jnp.int32) * size
-                  + jnp.floor(col).astype(jnp.int32), size * size).reshape(-1)
+  col_i = jnp.floor(col)
+  row_i = jnp.floor(row)
+  dump = size * size  # out-of-image samples go to one extra slot
+  idx = jnp.where(valid, row_i.astype(jnp.int32) * size + col_i.astype(jnp.int32),
+                  dump).reshape(-1)
   z = jnp.where(valid, z, jnp.inf).reshape(-1)
+  centre_dist = ((col - col_i - 0.5) ** 2 + (row - row_i - 0.5) ** 2).reshape(-1)
 
-  zbuf = jnp.full((size * size,), jnp.inf, jnp.float32).at[idx].min(z, mode='drop')
+  zbuf = jnp.full((dump + 1,), jnp.inf, jnp.float32).at[idx].min(
+      z, mode='promise_in_bounds').at[dump].set(-1.0)
   num = z.shape[0]
   # Among the samples of the nearest surface (within DEPTH_TIE of the z-buffer), the one nearest
   # to the sub-pixel centre wins: it carries the colour at the centre, as OpenGL samples it, and
   # the choice does not depend on float rounding of coplanar samples (so sharded == unsharded).
-  near_surface = jnp.isfinite(z) & (
-      z <= zbuf.at[idx].get(mode='fill', fill_value=-1.0) * (1.0 + DEPTH_TIE))
-  off = (jnp.stack([row, col], -1) % 1.0 - 0.5).reshape(-1, 2)
-  dist = jnp.where(near_surface, jnp.sum(off * off, -1), jnp.inf)
-  dbuf = jnp.full((size * size,), jnp.inf, jnp.float32).at[idx].min(dist, mode='drop')
-  winner = near_surface & (dist == dbuf.at[idx].get(mode='fill', fill_value=-1.0))
-  sample_id = jnp.arange(num, dtype=jnp.int32)
-  win_id = jnp.full((size * size,), num, jnp.int32).at[idx].min(
-      jnp.where(winner, sample_id, num), mode='drop')
+  near_surface = z <= zbuf.at[idx].get(mode='promise_in_bounds') * (1.0 + DEPTH_TIE)
+  dist = jnp.where(near_surface, centre_dist, jnp.inf)
+  dbuf = jnp.full((dump + 1,), jnp.inf, jnp.float32).at[idx].min(
+      dist, mode='promise_in_bounds').at[dump].set(-1.0)
+  winner = near_surface & (dist == dbuf.at[idx].get(mode='promise_in_bounds'))
+  candidate = jnp.where(winner, jnp.arange(num, dtype=jnp.int32), num)
+  win_id = jnp.full((dump + 1,), num, jnp.int32).at[idx].min(
+      candidate, mode='promise_in_bounds')[:dump]
+  zbuf = zbuf[:dump]
+  tri = tri_is_1.astype(jnp.int32)
 
   hit = win_id < num
   win_id = jnp.where(hit, win_id, 0)
