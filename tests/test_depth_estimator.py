@@ -62,14 +62,20 @@ def da_model():
 
 
 @pytest.fixture(scope='module')
-def weights(tmp_path_factory, da_model):
-  """The tiny model converted through the CLI path (save_pretrained folder -> .npz)."""
-  from ivd_jax.tools import convert_depth  # pylint: disable=g-import-not-at-top
+def checkpoint_dir(tmp_path_factory, da_model):
+  """The tiny model as a transformers checkpoint folder (config, safetensors, processor)."""
   ckpt = tmp_path_factory.mktemp('ckpt')
   da_model.save_pretrained(ckpt)
   _hf_processor(SMALL_DA).save_pretrained(ckpt)
+  return str(ckpt)
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory, checkpoint_dir):
+  """The tiny model converted through the CLI's function (checkpoint folder -> .npz)."""
+  from ivd_jax.tools import convert_depth  # pylint: disable=g-import-not-at-top
   path = str(tmp_path_factory.mktemp('w') / 'tiny_da.npz')
-  convert_depth.convert_checkpoint(str(ckpt), path)
+  convert_depth.convert_checkpoint(checkpoint_dir, path)
   return path
 
 
@@ -167,6 +173,11 @@ def test_bad_inputs_are_user_errors(weights, tmp_path):
   est = de.estimator(weights=weights, batch_size=1)
   with pytest.raises(errors.UserError, match='uint8'):
     est(np.zeros((1, 8, 8, 3), np.float32))
+
+
+def test_converted_checkpoint_verifies_against_transformers(checkpoint_dir, weights):
+  from ivd_jax.tools import convert_depth  # pylint: disable=g-import-not-at-top
+  assert convert_depth.verify_against_transformers(checkpoint_dir, weights) < 1e-4
 
 
 def test_saved_file_round_trips(weights):

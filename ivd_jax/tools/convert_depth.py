@@ -8,7 +8,7 @@ and the older (4.x, what the hub holds) parameter names are accepted.
   # after downloading a checkpoint folder (config.json + model.safetensors / pytorch_model.bin,
   # optionally preprocessor_config.json):
   python -m ivd_jax.tools.convert_depth --checkpoint /ckpt/dpt-beit-large-512 \
-      --output /ckpt/dpt_beit_large_512.npz
+      --output /ckpt/dpt_beit_large_512.npz [--verify]
 
 Reading .safetensors needs `safetensors` (numpy only); .bin needs torch. Nothing is downloaded.
 """
@@ -23,6 +23,7 @@ from typing import Any, Mapping
 from absl import app
 from absl import flags
 import flax
+import jax
 import numpy as np
 
 from ivd_jax import errors
@@ -350,8 +351,28 @@ def convert_checkpoint(checkpoint_dir: str, output: str) -> dpt.DPTConfig:
   return config
 
 
+def verify_against_transformers(checkpoint_dir: str, weights: str, *, seed: int = 0) -> float:
+  """Max |flax - torch| / max |torch| of the converted model on a random input (needs torch).
+
+  The input is one normalised image at the checkpoint's pretraining size plus one patch of width,
+  so position embeddings / relative position biases are resized as for real photographs.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  config, params, _ = depth_estimator.load_depth_model(weights)
+  model = transformers.AutoModelForDepthEstimation.from_pretrained(checkpoint_dir).eval()
+  p, s = config.backbone.patch_size, config.backbone.image_size
+  x = np.random.default_rng(seed).normal(size=(1, s, s + p, 3)).astype(np.float32)
+  with torch.no_grad():
+    ref = model(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2))).predicted_depth.numpy()
+  out = np.asarray(jax.jit(dpt.DPT(config).apply)({'params': params}, x))
+  return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'transformers checkpoint folder.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Output .npz for estimator_kwargs.weights.')
+_VERIFY = flags.DEFINE_bool('verify', False, 'Also run transformers (torch) and the converted '
+                            'model on one random input and print the max relative difference.')
 
 
 def main(argv):
@@ -363,8 +384,12 @@ def main(argv):
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  print(json.dumps({'output': _OUTPUT.value, 'backbone_layers': config.backbone.num_layers,
-                    'hidden_size': config.backbone.hidden_size}))
+  report = {'output': _OUTPUT.value, 'backbone_layers': config.backbone.num_layers,
+            'hidden_size': config.backbone.hidden_size}
+  if _VERIFY.value:
+    report['max_rel_error_vs_transformers'] = verify_against_transformers(_CHECKPOINT.value,
+                                                                          _OUTPUT.value)
+  print(json.dumps(report))
 
 
 if __name__ == '__main__':
