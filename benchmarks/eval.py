@@ -41,12 +41,15 @@ def bench_flax(params, images: np.ndarray, batch: int, batches: int, precision: 
   t0 = time.perf_counter()
   extractor.batch(images[:batch])
   warmup = time.perf_counter() - t0
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   for i in range(batches):
     extractor.batch(images[(i % 2) * batch:(i % 2 + 1) * batch])
-  seconds = time.perf_counter() - t0
+  seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+  # CPU seconds per image: on a shared machine, wall-clock throughput depends on the load and
+  # this does much less.
   return {'case': 'inception_flax', 'batch': batch, 'resolution': images.shape[1],
           'precision': precision, 'images_per_s': batch * batches / seconds,
+          'cpu_s_per_image': cpu / (batch * batches),
           'first_batch_s_incl_compile': warmup, **_env()}
 
 
@@ -58,12 +61,13 @@ def bench_torch(images: np.ndarray, batch: int, batches: int) -> dict:
   run = lambda b: helper.extract_feats(b, data_range=[0, 255], resize_hw=(299, 299),
                                        resample_mode='nv_bilinear_float', quant=False)
   run(x[:batch])
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   for i in range(batches):
     run(x[(i % 2) * batch:(i % 2 + 1) * batch])
-  seconds = time.perf_counter() - t0
+  seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
   return {'case': 'inception_torch', 'batch': batch, 'resolution': images.shape[1],
           'torch_threads': torch.get_num_threads(), 'images_per_s': batch * batches / seconds,
+          'cpu_s_per_image': cpu / (batch * batches),
           **_env()}
 
 
