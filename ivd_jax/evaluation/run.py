@@ -62,7 +62,7 @@ class Generated:
 # ------------------------------------------------------------------------------------------------
 
 
-def _validate(config: Any) -> None:
+def _validate(config: Any, has_logits: bool) -> None:
   e = config.eval
   if e.num_images < 2:
     raise errors.ConfigError('eval.num_images', f'{e.num_images} < 2',
@@ -70,8 +70,9 @@ def _validate(config: Any) -> None:
   if e.views not in VIEW_CHOICES:
     raise errors.ConfigError('eval.views', f'unknown choice {e.views!r}',
                              f'use one of {VIEW_CHOICES}')
-  if e.is_splits < 1:
-    raise errors.ConfigError('eval.is_splits', f'{e.is_splits} < 1', 'use 10 (the standard)')
+  if e.is_splits < 1 or (has_logits and e.num_images < e.is_splits):
+    raise errors.ConfigError('eval.is_splits', f'{e.is_splits} splits of {e.num_images} images',
+                             'use 10 splits (the standard) and at least as many images')
   if e.kid_subsets < 1 or e.kid_subset_size < 2:
     raise errors.ConfigError('eval.kid_subset_size', 'KID needs >= 1 subset of >= 2 images',
                              'use the standard 100 subsets of 1000')
@@ -420,7 +421,7 @@ def evaluate(config: Any, workdir: str) -> dict:
   t_start = time.perf_counter()
   weights_path = e.inception_weights or inception.default_weights_path()
   params, has_logits = inception.load_params(weights_path)
-  _validate(config)
+  _validate(config, has_logits)
   from ivd_jax.training import sharding  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(config.mesh)
   extractor = fid.FeatureExtractor(params, with_logits=has_logits, batch_size=e.batch_size,
