@@ -95,8 +95,8 @@ class FeatureExtractor:
     self._params = jax.device_put(params, replicated)
     self._apply = _compiled_apply(with_logits, precision, self.mesh)
 
-  def batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Features of at most `batch_size` (per process: batch_size / processes) uint8 images."""
+  def _dispatch(self, images: np.ndarray) -> tuple[dict[str, jax.Array], int]:
+    """Starts the network on at most the local batch of uint8 images (asynchronously)."""
     images = np.asarray(images)
     n = images.shape[0]
     if n > self._local_batch:
@@ -108,33 +108,43 @@ class FeatureExtractor:
       pad = np.zeros((self._local_batch - n,) + images.shape[1:], images.dtype)
       images = np.concatenate([images, pad])
     x = jax.make_array_from_process_local_data(self._batch_sharding, images)
-    out = self._apply(self._params, x)
+    return self._apply(self._params, x), n
+
+  @staticmethod
+  def _fetch(out: dict[str, jax.Array], n: int) -> dict[str, np.ndarray]:
     out = {k: np.asarray(v) for k, v in out.items()}
     if jax.process_count() > 1:  # Rows are process-major: drop each process's padding.
       return {k: np.concatenate([b[:n] for b in np.split(v, jax.process_count())])
               for k, v in out.items()}
     return {k: v[:n] for k, v in out.items()}
 
+  def batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Features of at most `batch_size` (per process: batch_size / processes) uint8 images."""
+    return self._fetch(*self._dispatch(images))
+
   def __call__(self, images: Iterable[np.ndarray] | np.ndarray,
                value_range: tuple[float, float] = (-1.0, 1.0)) -> Features:
     """Features of an [N, H, W, 3] array or of an iterable of such batches.
 
     Float images are quantised to uint8 from `value_range` first; uint8 images are used as is.
+    One batch stays in flight while the host prepares the next, so reading and quantising
+    images overlaps the network on an accelerator.
     """
     if isinstance(images, np.ndarray) or isinstance(images, jax.Array):
       array = np.asarray(images)
       images = (array[i:i + self._local_batch]
                 for i in range(0, array.shape[0], self._local_batch))
-    pools, logits = [], []
+    outs, pending = [], None
     for chunk in _rebatch(images, self._local_batch):
-      out = self.batch(images_to_uint8(chunk, value_range))
-      pools.append(out['pool'])
-      if self.with_logits:
-        logits.append(out['logits'])
-    if not pools:
+      started = self._dispatch(images_to_uint8(chunk, value_range))
+      if pending is not None:
+        outs.append(self._fetch(*pending))
+      pending = started
+    if pending is None:
       raise errors.UserError('no images to evaluate. Fix: check the image source.')
-    return Features(np.concatenate(pools),
-                    np.concatenate(logits) if self.with_logits else None)
+    outs.append(self._fetch(*pending))
+    return Features(np.concatenate([o['pool'] for o in outs]),
+                    np.concatenate([o['logits'] for o in outs]) if self.with_logits else None)
 
 
 @functools.lru_cache(maxsize=8)
