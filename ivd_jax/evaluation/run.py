@@ -399,7 +399,8 @@ def write_report_png(path: str, report: dict, gen: Generated, truth: Optional[di
   top = max(max(bars.values()), 1e-9)
   for i, (label, value) in enumerate(bars.items()):
     y = text_h + 18 * i
-    draw.text((6, y + 2), f'{label[:20]:<20} FID {value:7.2f}', fill='black')
+    draw.text((6, y + 2), label, fill='black')
+    draw.text((150, y + 2), f'FID {value:.2f}', fill='black')
     x0 = 240
     length = int((width - x0 - 10) * min(max(value / top, 0.0), 1.0))
     draw.rectangle([x0, y + 2, x0 + length, y + 14],
