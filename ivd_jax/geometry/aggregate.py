@@ -21,19 +21,23 @@ import jax
 import jax.numpy as jnp
 
 from ivd_jax import errors
+from ivd_jax.geometry import cameras
 from ivd_jax.geometry import depth as depth_lib
 from ivd_jax.geometry import warp
 
 # The reference's AggregationRenderer clips at 0.01.
 AGG_CLIP_NEAR = 0.01
+# Depth of the reference's "frustum" padding ring in its own camera.
+CURTAIN_NEAR = 0.1
 CUT_WEIGHT = 1e-16
 ERODED_FACTOR = 1e-8
 
 
 class Aggregated(NamedTuple):
   """rgbd [H, W, 4] (colour zero outside mask_rgb, depth zero outside mask); mask, mask_rgb
-  [H, W, 1] in {0, 1}; hull [H, W, 1]: z-buffer lower bound of newly revealed content (0 where
-  nothing bounds it)."""
+  [H, W, 1] in {0, 1}; hull [H, W, 1]: z-buffer lower bound of newly revealed content (the
+  aggregated depth including cut material and the views' frustum curtains; 0 where nothing
+  bounds it)."""
   rgbd: jnp.ndarray
   mask: jnp.ndarray
   mask_rgb: jnp.ndarray
@@ -49,6 +53,53 @@ def depth_normals(points: jnp.ndarray) -> jnp.ndarray:
   edge_y = (edge_y[:, :-2] + 2 * edge_y[:, 1:-1] + edge_y[:, 2:]) / 4
   n = jnp.cross(edge_x, edge_y)
   return n / jnp.maximum(jnp.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+
+
+def frustum_curtain(depth: jnp.ndarray, view_to_target: jnp.ndarray, *, fov_deg: float,
+                    near_clip: float = CURTAIN_NEAR) -> jnp.ndarray:
+  """Target planar depth [N, N] where each target pixel's centre ray leaves a view's frustum.
+
+  The reference pads every aggregated mesh with a ring of vertices one pixel outside the image
+  pulled to depth 0.1 ("frustum" padding): a curtain along the frustum's side walls from the
+  image border to the camera. Its inner side faces the target wherever a target ray leaves the
+  frustum (its outer side is discarded as back-facing), so it bounds the depth of content the
+  view could not see. Here the curtain is the side planes themselves (the image edges), between
+  depth `near_clip` and the depth of the nearest border pixel. +inf where a ray meets no curtain.
+
+  Args:
+    depth: [N, N] planar depth of the view (the border rows/columns are used).
+    view_to_target: [4, 4] the view's camera -> target camera transform.
+    fov_deg: field of view.
+    near_clip: where the reference's padding ring sits (0.1).
+  """
+  n = depth.shape[0]
+  h = 0.5 / cameras.focal_length(fov_deg)  # the image edge: |x / -z| = h
+  target_to_view = cameras.invert_view(view_to_target)
+  rays = cameras.pixel_rays(n, fov_deg).reshape(-1, 3) @ target_to_view[:3, :3].T  # [P, 3]
+  o = target_to_view[:3, 3]
+  # Inside <=> n_j . p >= 0 for the planes left, right, top, bottom.
+  normals = jnp.array([[1.0, 0.0, -h], [-1.0, 0.0, -h], [0.0, -1.0, -h], [0.0, 1.0, -h]])
+  g0 = normals @ o  # [4]
+  dg = rays @ normals.T  # [P, 4]
+  lam = -g0 / jnp.where(dg == 0, 1e-30, dg)
+  entering = dg > 0
+  lam_in = jnp.max(jnp.where(entering, lam, -jnp.inf), -1)
+  lam_in = jnp.maximum(lam_in, jnp.where(jnp.all(g0 >= 0), 0.0, lam_in))
+  exiting = dg < 0
+  lam_out = jnp.min(jnp.where(exiting, lam, jnp.inf), -1)
+  plane = jnp.argmin(jnp.where(exiting, lam, jnp.inf), -1)
+  p = o + lam_out[:, None] * rays
+  z = -p[:, 2]
+  safe_z = jnp.where(z > 0, z, 1.0)
+  u = jnp.clip(0.5 + p[:, 0] / safe_z * 0.5 / h, 0.0, 1.0)
+  v = jnp.clip(0.5 - p[:, 1] / safe_z * 0.5 / h, 0.0, 1.0)
+  col = jnp.clip(jnp.floor(u * n), 0, n - 1).astype(jnp.int32)
+  row = jnp.clip(jnp.floor(v * n), 0, n - 1).astype(jnp.int32)
+  border = jnp.stack([depth[row, 0], depth[row, n - 1], depth[0, col], depth[n - 1, col]], -1)
+  border_depth = jnp.take_along_axis(border, plane[:, None], -1)[:, 0]
+  ok = (jnp.isfinite(lam_out) & (lam_out > 0) & (lam_in <= lam_out) & (z >= near_clip)
+        & (z <= border_depth))
+  return jnp.where(ok, lam_out, jnp.inf).reshape(n, n)
 
 
 def _render_view(rgbd, view, target_view, *, near, far, fov_deg, ssaa, atol, rtol, erode):
@@ -81,9 +132,15 @@ def _render_view(rgbd, view, target_view, *, near, far, fov_deg, ssaa, atol, rto
   front = out['hit'] & out['front']
   valid = front & ~is_edge
   weight = jnp.where(is_edge, CUT_WEIGHT, weight) * front
-  inv_centre = 1.0 / jnp.maximum(out['centre_depth'], 1e-6)
+  # Centre sub-pixels where the view drew nothing show its frustum curtain (cut-class material).
+  centre_hit = warp.centre_subpixel(out['hit'], ssaa)
+  curtain = frustum_curtain(depth, to_target, fov_deg=fov_deg)
+  centre_depth = jnp.where(centre_hit, out['centre_depth'], curtain)
+  centre_edge = (warp.centre_subpixel(front & is_edge, ssaa)
+                 | (~centre_hit & jnp.isfinite(curtain)))
+  inv_centre = 1.0 / jnp.maximum(centre_depth, 1e-6)
   return dict(weight=weight, colour=pay[..., :3], valid=valid, edge=front & is_edge,
-              texture=valid & ~is_eroded, inv_centre=inv_centre)
+              texture=valid & ~is_eroded, inv_centre=inv_centre, centre_edge=centre_edge)
 
 
 def aggregate_views(rgbds: jnp.ndarray, views: jnp.ndarray, valid: jnp.ndarray,
@@ -134,7 +191,8 @@ def aggregate_views(rgbds: jnp.ndarray, views: jnp.ndarray, valid: jnp.ndarray,
   # Depth at the pixel centres: mean inverse depth of the valid fragments, else the farthest cut
   # fragment, else nothing (hull 0 = the near plane, a trivial lower bound).
   centre = lambda x: warp.centre_subpixel(jnp.moveaxis(x, 0, -1), ssaa)
-  c_valid, c_edge = centre(is_valid), centre(is_edge)
+  c_valid = centre(is_valid)
+  c_edge = jnp.moveaxis(frag['centre_edge'] & on, 0, -1)
   inv = jnp.moveaxis(frag['inv_centre'], 0, -1)
   n_valid = c_valid.sum(-1)
   inv_valid = jnp.sum(inv * c_valid, -1) / jnp.maximum(n_valid, 1)
