@@ -9,7 +9,6 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from ivd_jax.diffusion import conditioning, losses, samplers, schedule as schedule_lib
 from ivd_jax.errors import UserError
-from ivd_jax.models.unet import UNet
 
 
 @pytest.fixture(scope='module')
@@ -199,46 +198,65 @@ def test_ddim_edits_skip_rgb_on_last_step(sched):
 
 def test_conditional_input_order_and_fresh_noise():
   b, h, w = 2, 4, 4
-  keys = jax.random.split(jax.random.PRNGKey(7), 5)
-  x_t = jax.random.normal(keys[0], (b, h, w, 4))
-  y_rgb = jax.random.uniform(keys[1], (b, h, w, 3), minval=-1, maxval=1)
-  y_depth = jax.random.uniform(keys[2], (b, h, w, 1), minval=-1, maxval=1)
-  mask = (jax.random.uniform(keys[3], (b, h, w, 1)) > 0.3).astype(jnp.float32)
-  mask_rgb = mask * (jax.random.uniform(keys[4], (b, h, w, 1)) > 0.3)
+  rng = np.random.default_rng(7)
+  x_t = rng.standard_normal((b, h, w, 4)).astype(np.float32)
+  y_rgb = rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32)
+  y_depth = rng.uniform(-1, 1, (b, h, w, 1)).astype(np.float32)
+  mask = (rng.uniform(size=(b, h, w, 1)) > 0.3).astype(np.float32)
+  mask_rgb = mask * (rng.uniform(size=(b, h, w, 1)) > 0.3)
   key = jax.random.PRNGKey(8)
-  inp = conditioning.conditional_input(x_t, y_rgb, y_depth, mask_rgb, mask, key=key)
+  inp = np.asarray(
+      jax.jit(conditioning.conditional_input)(x_t, y_rgb, y_depth, mask_rgb, mask, key=key))
   assert inp.shape == (b, h, w, 10)
   np.testing.assert_array_equal(inp[..., :4], x_t)
   np.testing.assert_array_equal(inp[..., 4:5], mask_rgb)
   np.testing.assert_array_equal(inp[..., 9:10], mask)
   k_rgb, k_depth = jax.random.split(key)
-  n_rgb = jax.random.normal(k_rgb, (b, h, w, 3))
-  n_depth = jax.random.normal(k_depth, (b, h, w, 1))
-  np.testing.assert_allclose(inp[..., 5:8], jnp.where(mask_rgb > 0, y_rgb, n_rgb), atol=1e-7)
-  np.testing.assert_allclose(inp[..., 8:9], jnp.where(mask > 0, y_depth, n_depth), atol=1e-7)
+  n_rgb = np.asarray(jax.random.normal(k_rgb, (b, h, w, 3)))
+  n_depth = np.asarray(jax.random.normal(k_depth, (b, h, w, 1)))
+  np.testing.assert_allclose(inp[..., 5:8], np.where(mask_rgb > 0, y_rgb, n_rgb), atol=1e-7)
+  np.testing.assert_allclose(inp[..., 8:9], np.where(mask > 0, y_depth, n_depth), atol=1e-7)
   # The eps_fn wrapper draws new hole noise at every step, the same known pixels.
   eps_fn = conditioning.conditional_eps_fn(lambda v, t: v, y_rgb, y_depth, mask_rgb, mask,
                                            key=key)
-  first, second = eps_fn(x_t, jnp.array([999, 999])), eps_fn(x_t, jnp.array([979, 979]))
-  holes = np.asarray(mask_rgb[..., 0] == 0)
-  assert np.all(np.asarray(first[..., 5])[holes] != np.asarray(second[..., 5])[holes])
-  np.testing.assert_array_equal(np.asarray(first[..., 5])[~holes],
-                                np.asarray(second[..., 5])[~holes])
+  eps_fn = jax.jit(eps_fn)
+  first = np.asarray(eps_fn(x_t, np.array([999, 999])))
+  second = np.asarray(eps_fn(x_t, np.array([979, 979])))
+  holes = mask_rgb[..., 0] == 0
+  assert np.all(first[..., 5][holes] != second[..., 5][holes])
+  np.testing.assert_array_equal(first[..., 5][~holes], second[..., 5][~holes])
   with pytest.raises(UserError, match='y_rgb'):
     conditioning.conditional_input(x_t, y_rgb[..., :2], y_depth, mask_rgb, mask, key=key)
 
 
+def _conv_eps_model(key):
+  """A small convolutional eps model with a timestep embedding (cheap to compile)."""
+  k1, k2 = jax.random.split(key)
+  params = {'w': 0.3 * jax.random.normal(k1, (3, 3, 4, 4)), 'e': 0.1 * jax.random.normal(k2, (4,))}
+
+  def apply(p, x, t):
+    h = jax.lax.conv_general_dilated(x, p['w'], (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.tanh(h + jnp.cos(t.astype(jnp.float32) / 100)[:, None, None, None] * p['e'])
+  return params, apply
+
+
 def test_sharded_sampling_matches_single_device(sched):
-  model = UNet(image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-               attention_resolutions=(4,), num_head_channels=32)
+  params, apply = _conv_eps_model(jax.random.PRNGKey(10))
   x_T = jax.random.normal(jax.random.PRNGKey(9), (8, 8, 8, 4))
-  params = model.init(jax.random.PRNGKey(10), x_T, jnp.zeros((8,), jnp.int32))['params']
-  # Non-zero output layers so the network is not trivially zero.
-  params = jax.tree_util.tree_map(lambda p: p + 0.02, params)
+  y_rgb = jnp.tanh(x_T[..., :3])
+  y_depth = jnp.tanh(x_T[..., 3:])
+  mask = (x_T[..., :1] > 0).astype(jnp.float32)
+  edits = samplers.ConditionEdits(y_rgb, y_depth, mask, mask, hull=y_depth + 0.1)
 
   def sample(params, x_T, key):
-    eps_fn = lambda x, t: model.apply({'params': params}, x, t)
-    return samplers.ddim_sample(eps_fn, x_T, schedule=sched, steps=3, eta=1.0, key=key)
+    # G_c-style: fresh hole noise per step (the 10-channel input is reduced to 4 channels by a
+    # fixed projection so the same small model applies), edits, stochastic DDIM.
+    cond_eps = conditioning.conditional_eps_fn(
+        lambda v, t: apply(params, v[..., :4] + v[..., 4:8], t), y_rgb, y_depth, mask, mask,
+        key=key)
+    return samplers.ddim_sample(cond_eps, x_T, schedule=sched, steps=3, eta=1.0, key=key,
+                                edits=edits)
 
   key = jax.random.PRNGKey(11)
   single = jax.jit(sample)(params, x_T, key)
@@ -248,7 +266,5 @@ def test_sharded_sampling_matches_single_device(sched):
   sharded_fn = jax.jit(sample, in_shardings=(replicated, batch, replicated), out_shardings=batch)
   sharded = sharded_fn(params, jax.device_put(x_T, batch), key)
   assert len(sharded.sharding.device_set) == 8
-  # x0_hat = 157 x - 157 eps at t = 999 makes the samples large; compare relative to their scale.
-  scale = float(jnp.abs(single).max())
-  np.testing.assert_allclose(sharded, single, rtol=0, atol=1e-5 * scale)
-  assert float(jnp.abs(single - x_T).max()) > 0.1
+  np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-5)
+  assert np.abs(np.asarray(single) - np.asarray(x_T)).max() > 0.1

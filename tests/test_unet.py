@@ -1,5 +1,4 @@
 """The ADM UNet: reference parameter counts, class embedding, dtypes, remat, dropout, sharding."""
-import functools
 import json
 
 import jax
@@ -44,51 +43,53 @@ def test_param_counts_equal_reference(fixtures_dir):
   assert _count(unet_from_kwargs(single)) == 100_270_724
 
 
-def _perturbed(params, key, scale=0.05):
-  """Non-zero everywhere (the zero-initialised layers too), like the reference fixture."""
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree_util.tree_unflatten(
-      treedef, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+def _random_params(shapes, seed):
+  """Random parameters everywhere (the zero-initialised layers too), like the reference fixture.
+
+  Built in numpy from the parameter shapes, so no initialiser needs compiling.
+  """
+  rng = np.random.default_rng(seed)
+  def draw(path, s):
+    name = jax.tree_util.keystr(path)
+    if 'scale' in name:
+      return 1 + 0.1 * rng.standard_normal(s.shape).astype(np.float32)
+    fan_in = np.prod(s.shape[:-1]) if 'kernel' in name else 1
+    return (rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1)) * (
+        1.0 if 'kernel' in name else 0.1)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.fixture(scope='module')
 def tiny():
   model = UNet(**TINY)
-  x = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 4))
-  t = jnp.array([0, 17, 250, 500, 903, 999, 1, 42])
-  params = jax.jit(model.init)(jax.random.PRNGKey(1), x, t, jnp.zeros((8,), jnp.int32))['params']
-  return model, params, x, t
+  x = np.random.default_rng(0).standard_normal((8, 8, 8, 4)).astype(np.float32)
+  t = np.array([0, 17, 250, 500, 903, 999, 1, 42])
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(1), x, t, np.zeros((8,), np.int32))
+  return model, shapes['params'], x, t
 
 
 @pytest.fixture(scope='module')
-def perturbed(tiny):
-  """Parameters with every layer non-zero, and a compiled apply(params, y)."""
-  model, params, x, t = tiny
-  params = _perturbed(params, jax.random.PRNGKey(2))
-  apply = jax.jit(lambda p, y: model.apply({'params': p}, x, t, y))
-  return params, apply
-
-
-def test_zero_initialised_layers(tiny):
-  model, params, x, t = tiny
-  flat = traverse_util.flatten_dict(params, sep='/')
-  zero = [k for k, v in flat.items() if k.endswith('kernel') and not np.any(np.asarray(v))]
-  assert 'out_conv/kernel' in zero
-  assert 'input_blocks_1_0/out_conv/kernel' in zero and 'middle_block_1/proj_out/kernel' in zero
-  assert len(zero) == sum(k.endswith(('out_conv/kernel', 'proj_out/kernel')) for k in flat)
-  out = jax.jit(lambda p: model.apply({'params': p}, x, t))(params)
-  np.testing.assert_array_equal(out, 0.0)
-
-
-def test_class_embedding_null_label(tiny, perturbed):
+def apply_fns(tiny):
+  """Compiled apply(params, y) and apply(params) (no labels) of the tiny model."""
   model, _, x, t = tiny
+  return (jax.jit(lambda p, y: model.apply({'params': p}, x, t, y)),
+          jax.jit(lambda p: model.apply({'params': p}, x, t)))
+
+
+@pytest.fixture(scope='module')
+def perturbed(tiny, apply_fns):
+  """Random parameters in every layer, and the compiled apply(params, y)."""
+  return _random_params(tiny[1], 2), apply_fns[0]
+
+
+def test_class_embedding_null_label(tiny, perturbed, apply_fns):
+  _, _, x, t = tiny
   params, apply = perturbed
-  none = jax.jit(lambda p: model.apply({'params': p}, x, t))(params)
-  null = apply(params, jnp.full((8,), -1))
+  none = apply_fns[1](params)
+  null = apply(params, np.full((8,), -1))
   np.testing.assert_allclose(null, none, atol=1e-6)
-  labels = apply(params, jnp.arange(8) % 5)
-  assert float(jnp.abs(labels - none).max(axis=(1, 2, 3)).min()) > 1e-3
+  labels = apply(params, np.arange(8) % 5)
+  assert np.abs(np.asarray(labels - none)).max(axis=(1, 2, 3)).min() > 1e-3
   # Mixed batch: the null rows equal the unconditional output, the others their label's.
   mixed = apply(params, jnp.array([-1, 1, -1, 3, -1, 0, 2, -1]))
   np.testing.assert_allclose(mixed[0], none[0], atol=1e-6)
@@ -103,27 +104,38 @@ def test_bfloat16_compute_float32_params(tiny, perturbed):
   bf16 = UNet(**dict(TINY, dtype='bfloat16'))
   fresh = jax.eval_shape(bf16.init, jax.random.PRNGKey(1), x, t)['params']
   assert {p.dtype for p in jax.tree_util.tree_leaves(fresh)} == {jnp.dtype(jnp.float32)}
-  ref = apply(params, jnp.arange(8) % 5)
-  out = jax.jit(lambda p: bf16.apply({'params': p}, x, t, jnp.arange(8) % 5))(params)
+  ref = apply(params, np.arange(8) % 5)
+  out = jax.jit(lambda p: bf16.apply({'params': p}, x, t, np.arange(8) % 5))(params)
   assert out.dtype == jnp.float32
-  err = float(jnp.abs(out - ref).max() / jnp.abs(ref).max())
+  out, ref = np.asarray(out), np.asarray(ref)
+  err = np.abs(out - ref).max() / np.abs(ref).max()
   assert 1e-5 < err < 0.05, err
 
 
-def test_remat_same_values_and_gradients():
-  # One level (no resampling) keeps the two backward compilations small.
-  config = dict(TINY, channel_mult=(1,), attention_resolutions=(8,))
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
-  t, y = jnp.array([3, 900]), jnp.array([1, -1])
+def test_init_zero_layers_and_remat_gradients():
+  # One level, attention only in the middle block: small backward compilations.
+  config = dict(TINY, channel_mult=(1,), attention_resolutions=())
+  x = np.random.default_rng(1).standard_normal((2, 8, 8, 4)).astype(np.float32)
+  t, y = np.array([3, 900]), np.array([1, -1])
   model, remat = UNet(**config), UNet(**dict(config, remat=True))
-  params = _perturbed(jax.jit(model.init)(jax.random.PRNGKey(1), x, t, y)['params'],
-                      jax.random.PRNGKey(4))
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), x, t, y)['params']
+  # The method's zero-initialised layers: each block's last conv, attention proj_out and the
+  # final conv, so a fresh network predicts exactly zero.
+  flat = traverse_util.flatten_dict(params, sep='/')
+  zero = sorted(k for k, v in flat.items() if k.endswith('kernel') and not np.any(np.asarray(v)))
+  assert zero == sorted(k for k in flat if k.endswith(('out_conv/kernel', 'proj_out/kernel')))
+  assert 'out_conv/kernel' in zero and 'middle_block_1/proj_out/kernel' in zero
+  assert len(zero) == 1 + 3 + 2 + 1  # 1 encoder, 3 middle, 2 decoder blocks, the final conv.
 
   def loss(m, p):
     return jnp.mean(m.apply({'params': p}, x, t, y) ** 2)
 
-  v0, g0 = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
-  v1, g1 = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(params)
+  grad = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)
+  v_zero, _ = grad(model, params)
+  assert float(v_zero) == 0.0
+  params = _random_params(jax.eval_shape(lambda: params), 4)
+  v0, g0 = grad(model, params)
+  v1, g1 = grad(remat, params)
   assert float(v0) > 1e-3
   assert float(v0) == pytest.approx(float(v1), rel=1e-6)
   for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
@@ -134,18 +146,16 @@ def test_dropout_only_in_training(tiny, perturbed):
   _, _, x, t = tiny
   params, apply = perturbed
   model = UNet(**dict(TINY, dropout=0.3))
-  y = jnp.arange(8) % 5
-
-  @functools.partial(jax.jit, static_argnums=2)
-  def run(p, key, train):
-    return model.apply({'params': p}, x, t, y, train=train, rngs={'dropout': key})
-
-  evald = run(params, jax.random.PRNGKey(6), False)
-  np.testing.assert_allclose(evald, apply(params, y), atol=1e-6)
-  train = run(params, jax.random.PRNGKey(6), True)
-  assert float(jnp.abs(train - evald).max()) > 1e-3
-  np.testing.assert_array_equal(train, run(params, jax.random.PRNGKey(6), True))
-  assert float(jnp.abs(train - run(params, jax.random.PRNGKey(7), True)).max()) > 1e-3
+  y = np.arange(8) % 5
+  # With train=False dropout is the identity, so the eval output is apply(params, y).
+  train = jax.jit(lambda p, key: model.apply({'params': p}, x, t, y, train=True,
+                                             rngs={'dropout': key}))
+  out = train(params, jax.random.PRNGKey(6))
+  assert np.abs(np.asarray(out) - apply(params, y)).max() > 1e-3
+  np.testing.assert_array_equal(out, train(params, jax.random.PRNGKey(6)))
+  assert np.abs(np.asarray(out) - train(params, jax.random.PRNGKey(7))).max() > 1e-3
+  with pytest.raises(Exception, match='dropout'):  # Training without a dropout rng fails loudly.
+    jax.eval_shape(lambda p: model.apply({'params': p}, x, t, y, train=True), params)
 
 
 def test_unet_from_config_and_validation(tiny):
