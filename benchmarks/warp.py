@@ -5,7 +5,8 @@ r"""Forward-backward warp throughput (the G_c training-pair hot path); one JSON 
 
 Each case jits jax.vmap(forward_backward_warp) over a batch of exactly rendered procedural scenes
 and random training views (METHOD 5), reports the compile time (first call minus a steady call),
-the median seconds per batch after compilation, and ms per image / images per second. Cases
+the median seconds per batch after compilation, ms per image / images per second, and the
+process CPU time per image (all threads; the load-independent figure on a shared machine). Cases
 whose batch would hold more than --max_pixels pixels (256 px x 32 by default) are skipped so
 the whole run stays within a few minutes on a 2-core CPU. Never asserts a time.
 """
@@ -59,15 +60,19 @@ def main(argv=None):
       jax.block_until_ready(fbw(rgbd, views))
       first = time.perf_counter() - start
       times = []
+      cpu = time.process_time()
       for _ in range(args.repeats):
         start = time.perf_counter()
         jax.block_until_ready(fbw(rgbd, views))
         times.append(time.perf_counter() - start)
+      cpu = (time.process_time() - cpu) / args.repeats
       step = statistics.median(times)
       print(json.dumps(dict(case, compile_s=round(max(first - step, 0.0), 2),
                             s_per_batch=round(step, 4), ms_per_image=round(1e3 * step / batch, 2),
                             images_per_s=round(batch / step, 1),
-                            us_per_pixel=round(1e6 * step / (batch * size * size), 3))),
+                            us_per_pixel=round(1e6 * step / (batch * size * size), 3),
+                            cpu_ms_per_image=round(1e3 * cpu / batch, 2),
+                            load_average=round(os.getloadavg()[0], 1))),
             flush=True)
 
 

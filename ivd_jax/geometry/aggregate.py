@@ -108,12 +108,12 @@ def _render_view(rgbd, view, target_view, *, near, far, fov_deg, ssaa, atol, rto
   zb = rgbd[..., 3]
   exists = jnp.isfinite(zb)
   depth = jnp.where(exists, depth_lib.depth_from_zbuf(jnp.where(exists, zb, 0.5), near, far), 1.0)
-  src_pts = warp._grid_points(depth, fov_deg, n)  # pylint: disable=protected-access
+  src_pts = warp.grid_points(depth, fov_deg, n)
   diag_a = warp.shorter_diagonal(src_pts)
   edge = warp.cut_flags(depth, diag_a, atol=atol, rtol=rtol)
   eroded = warp.erode((~edge)[..., None], 2 * erode + 1)[..., 0] < 0.5
-  to_target = warp._relative_transform(view, target_view)  # pylint: disable=protected-access
-  pts = warp._apply(to_target, src_pts)  # pylint: disable=protected-access
+  to_target = warp.relative_transform(view, target_view)
+  pts = warp.apply_transform(to_target, src_pts)
   normals = depth_normals(src_pts) @ to_target[:3, :3].T
   payload = jnp.concatenate([jnp.nan_to_num(rgbd[..., :3]), normals, pts], -1)
   out = warp.render_mesh(pts, payload, exists, [edge, eroded], resolution=n, fov_deg=fov_deg,

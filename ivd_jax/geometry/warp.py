@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ivd_jax import errors
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import depth as depth_lib
 
@@ -39,6 +40,11 @@ CLIP_NEAR = 0.1
 # innermost pixels of that strip can land inside the source image again after the backward warp;
 # three pixels keep the backward mesh closed over the source border for any pi_1 of METHOD 5.
 FBW_BORDER = 3
+# The intermediate image of forward_backward_warp is read only at pixel centres (depth and
+# colour of the centre sample, as the reference reads depth[1::3, 1::3]), so its z-buffer needs
+# no supersampling: one cell per pixel with 3 x 3 samples per quad (spacing 1/3 pixel).
+FBW_MID_SSAA = 1
+FBW_MID_SAMPLES = 3
 # Relative depth within which splat samples count as the same surface of a sub-pixel.
 DEPTH_TIE = 1e-3
 
@@ -125,8 +131,8 @@ def shorter_diagonal(points: jnp.ndarray) -> jnp.ndarray:
 
 def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
                 flags: Sequence[jnp.ndarray], *, resolution: int, fov_deg: float, ssaa: int,
-                diag_a: jnp.ndarray, clip_near: float = CLIP_NEAR, nearest: bool = False
-                ) -> Dict[str, jnp.ndarray]:
+                diag_a: jnp.ndarray, clip_near: float = CLIP_NEAR, nearest: bool = False,
+                samples: int = 0) -> Dict[str, jnp.ndarray]:
   """Splats a grid mesh given in TARGET camera coordinates into an SSAA z-buffer.
 
   Args:
@@ -140,6 +146,9 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
     ssaa: supersampling factor.
     diag_a: [Hv-1, Wv-1] quad split (see shorter_diagonal).
     clip_near: samples closer than this planar depth are discarded.
+    nearest: payload of the nearest grid vertex (the reference's GL_NEAREST texture lookup)
+      instead of linear interpolation on the triangle.
+    samples: K of the K x K samples per quad; 0 = samples_per_quad(ssaa).
 
   Returns:
     dict of per-sub-pixel [S, S] arrays (S = ssaa N): depth (planar; +inf where nothing was
@@ -147,7 +156,7 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
     and payload [S, S, C] of the winning sample.
   """
   hv, wv = exists.shape
-  k = samples_per_quad(ssaa)
+  k = samples or samples_per_quad(ssaa)
   pattern = _sample_pattern(k)
   kk = k * k
   size = ssaa * resolution
@@ -334,7 +343,7 @@ def erode(mask: jnp.ndarray, size: int) -> jnp.ndarray:
   return out[..., 0] if squeeze else out
 
 
-def _grid_points(depth: jnp.ndarray, fov_deg: float, resolution: int, border: int = 0
+def grid_points(depth: jnp.ndarray, fov_deg: float, resolution: int, border: int = 0
                  ) -> jnp.ndarray:
   """Source-camera points [H + 2b, W + 2b, 3] of a depth grid whose pixels start at -border."""
   f = cameras.focal_length(fov_deg)
@@ -345,12 +354,13 @@ def _grid_points(depth: jnp.ndarray, fov_deg: float, resolution: int, border: in
   return jnp.stack([x, y, -jnp.ones_like(x)], -1) * depth[..., None]
 
 
-def _relative_transform(src_view: jnp.ndarray, dst_view: jnp.ndarray) -> jnp.ndarray:
+def relative_transform(src_view: jnp.ndarray, dst_view: jnp.ndarray) -> jnp.ndarray:
   """src camera -> dst camera [4, 4]."""
   return jnp.asarray(dst_view, jnp.float32) @ cameras.invert_view(src_view)
 
 
-def _apply(transform: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
+def apply_transform(transform: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
+  """Applies a [4, 4] rigid transform to points [..., 3]."""
   return points @ transform[:3, :3].T + transform[:3, 3]
 
 
@@ -369,7 +379,6 @@ def _resolve(out: Dict[str, jnp.ndarray], colour_channels: int, *, near: float, 
 
 
 def _check(rgbd, ssaa, near, far):
-  from ivd_jax import errors  # pylint: disable=g-import-not-at-top
   if rgbd.ndim != 3 or rgbd.shape[-1] != 4 or rgbd.shape[0] != rgbd.shape[1]:
     raise errors.UserError(
         f'rgbd has shape {rgbd.shape}; the warp takes ONE square image [N, N, 4] '
@@ -404,11 +413,11 @@ def warp_rgbd(rgbd: jnp.ndarray, src_view: jnp.ndarray, dst_view: jnp.ndarray, *
   zb = rgbd[..., 3]
   exists = jnp.isfinite(zb)
   depth = jnp.where(exists, depth_lib.depth_from_zbuf(jnp.where(exists, zb, 0.5), near, far), 1.0)
-  src_pts = _grid_points(depth, fov_deg, n)
+  src_pts = grid_points(depth, fov_deg, n)
   diag_a = shorter_diagonal(src_pts)
   flag = (cut_flags(depth, diag_a, atol=atol, rtol=rtol) if cut
           else jnp.zeros(depth.shape, bool))
-  pts = _apply(_relative_transform(src_view, dst_view), src_pts)
+  pts = apply_transform(relative_transform(src_view, dst_view), src_pts)
   colour = jnp.nan_to_num(rgbd[..., :3])
   out = render_mesh(pts, colour, exists, [flag], resolution=n, fov_deg=fov_deg, ssaa=ssaa,
                     diag_a=diag_a)
@@ -430,26 +439,27 @@ def forward_backward_warp(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jn
   exists = jnp.isfinite(zb)
   depth = jnp.where(exists, depth_lib.depth_from_zbuf(jnp.where(exists, zb, 0.5), near, far), 1.0)
   edge_pad = lambda x: jnp.pad(x, ((b, b), (b, b)) + ((0, 0),) * (x.ndim - 2), mode='edge')
-  src_pts = _grid_points(edge_pad(depth), fov_deg, n, border=b)
+  src_pts = grid_points(edge_pad(depth), fov_deg, n, border=b)
   diag_a = shorter_diagonal(src_pts)
-  to_mid = _relative_transform(src_view, mid_view)
+  to_mid = relative_transform(src_view, mid_view)
   colour = edge_pad(jnp.nan_to_num(rgbd[..., :3]))
-  fwd = render_mesh(_apply(to_mid, src_pts), colour, edge_pad(exists),
+  fwd = render_mesh(apply_transform(to_mid, src_pts), colour, edge_pad(exists),
                     [jnp.zeros(src_pts.shape[:2], bool)], resolution=n, fov_deg=fov_deg,
-                    ssaa=ssaa, diag_a=diag_a)
+                    ssaa=FBW_MID_SSAA, samples=FBW_MID_SAMPLES, diag_a=diag_a)
   # The mid view as an image: mean colour of the covered sub-pixels, centre sub-pixel depth.
   # Pixels whose centre shows back-facing material stay as occluders but are flagged hidden.
   covered = fwd['hit'] & fwd['front']
+  ssaa_mid = FBW_MID_SSAA
   mid_colour = fwd['centre_payload']
   mid_depth = fwd['centre_depth']
   mid_exists = jnp.isfinite(mid_depth)
-  mid_hidden = ~centre_subpixel(covered, ssaa)
+  mid_hidden = ~centre_subpixel(covered, ssaa_mid)
   mid_depth = jnp.where(mid_exists, mid_depth, 1.0)
 
-  mid_pts = _grid_points(mid_depth, fov_deg, n)
+  mid_pts = grid_points(mid_depth, fov_deg, n)
   mid_diag = shorter_diagonal(mid_pts)
   flag = cut_flags(mid_depth, mid_diag, atol=atol, rtol=rtol) | mid_hidden
-  back = render_mesh(_apply(_relative_transform(mid_view, src_view), mid_pts), mid_colour,
+  back = render_mesh(apply_transform(relative_transform(mid_view, src_view), mid_pts), mid_colour,
                      mid_exists, [flag], resolution=n, fov_deg=fov_deg, ssaa=ssaa,
                      diag_a=mid_diag, nearest=True)
   return _resolve(back, 3, near=near, far=far, ssaa=ssaa, atol=atol, rtol=rtol)
