@@ -1,7 +1,6 @@
 """Exports of generated view sets: pictures, videos, point clouds, manifest (issue 6 outputs)."""
 import json
 import math
-import pathlib
 
 import imageio.v3 as iio
 import numpy as np
@@ -106,59 +105,3 @@ def test_export_instance_writes_every_file(tmp_path):
                                {'a': np.float32(1.5), 'b': np.arange(3), 'c': float('nan')})
   assert json.loads(open(path).read()) == {'a': 1.5, 'b': [0, 1, 2], 'c': None}
 
-
-def test_sample_mode_writes_valid_outputs(tmp_path, fixtures_dir):
-  """sample_and_export end to end with the converted reference fixture as G_u and G_c."""
-  from ivd_jax.inference import views as views_lib  # pylint: disable=g-import-not-at-top
-  from ivd_jax.tools import convert_reference  # pylint: disable=g-import-not-at-top
-  from ivd_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  with np.load(fixtures_dir / 'adm_small_uncond.npz') as f:
-    state = {k[len('param/'):]: f[k] for k in f.files if k.startswith('param/')}
-  kwargs = json.loads((fixtures_dir / 'adm_small_uncond.json').read_text())['constructor_kwargs']
-  model, params = convert_reference.from_state_dict(state, kwargs)
-  model_config = convert_reference.model_config(model)
-  checkpoint.save_params(str(tmp_path / 'gu'), params, {'model': model_config.to_dict()})
-  model_config.in_channels = 10
-  checkpoint.save_params(str(tmp_path / 'gc'), convert_reference.widen_to_conditional(params),
-                         {'model': model_config.to_dict()})
-
-  spec = importlib.util.spec_from_file_location(
-      'sample_config', pathlib.Path(__file__).parents[1] / 'configs' / 'sample.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
-  s = config.sample
-  s.uncond, s.cond = str(tmp_path / 'gu'), str(tmp_path / 'gc')
-  s.viewset = 'custom'
-  s.custom_poses = ((0.0, 0.0, 1.0), (0.15, 0.0, 1.0), (-0.15, 0.1, 1.0))
-  s.num_instances, s.batch_size, s.buffer_size = 2, 8, 27  # the shapes test_views compiles
-  s.steps_uncond = s.steps_cond = 2
-  s.video_frames = 3
-  s.progress = False
-  manifest = views_lib.sample_and_export(config, str(tmp_path / 'work'))
-
-  out = tmp_path / 'work' / 'samples' / 'custom_seed0'
-  saved = json.loads((out / 'manifest.json').read_text())
-  for key in ('psnr', 'depth_agreement', 'depth_abs_rel', 'covisible'):
-    assert np.isfinite(saved['consistency'][key])
-  assert saved['consistency']['num_pairs'] == 6 and saved['consistency']['num_sets'] == 2
-  assert saved['seed'] == 0 and saved['num_instances'] == 2 and len(saved['instances']) == 2
-  np.testing.assert_allclose(saved['instances'][1]['poses'], s.custom_poses, atol=1e-6)
-  assert manifest['consistency'] == saved['consistency']
-  for inst in ('instance_0000', 'instance_0001'):
-    d = out / inst
-    for v in range(3):
-      assert iio.imread(d / f'view_{v:02d}_rgb.png').shape == (32, 32, 3)
-      assert iio.imread(d / f'view_{v:02d}_depth.png').shape == (32, 32, 3)
-    assert iio.imread(d / 'view_02_cond.png').shape == (32, 64, 3)
-    assert export.read_frames(str(d / 'orbit.gif')).shape == (3, 32, 64, 3)  # RGB | depth
-    assert export.read_frames(str(d / 'orbit.mp4')).shape[0] == 3
-    # Every pixel of every view has a finite depth (the z-buffer is clipped), so 3 * 32 * 32.
-    assert plyfile.PlyData.read(str(d / 'points.ply'))['vertex'].count == 3 * 32 * 32
-  with np.load(out / 'views.npz') as f:
-    assert f['rgbd'].shape == (2, 3, 32, 32, 4)
-    np.testing.assert_allclose(
-        f['rgbd'][1, 1, ..., :3], iio.imread(out / 'instance_0001' / 'view_01_rgb.png') / 255.0,
-        atol=0.5 / 255 + 1e-6)
-  assert iio.imread(out / 'overview.png').shape == (2 * 32 + 2, 3 * 32 + 4, 3)

@@ -1,0 +1,128 @@
+"""Sampling cost: seconds per G_c denoising step, per further view and per 27-view set.
+
+  python benchmarks/sample.py [--preset=imagenet128] [--batch=1] [--steps=2] [--resolution=128]
+
+Builds the reference ImageNet 128 network shape (METHOD 6: model_channels 256, channel_mult
+1,1,2,3,4, 2 res blocks, attention at 32/16/8, 1000 classes; G_c with 10 input channels) with
+random weights and times the sampler's compiled step of ivd_jax.inference.views.ViewSampler:
+aggregation of a 27-slot view buffer into the new camera plus `--steps` DDIM steps of G_c with
+classifier-free guidance. A full view set runs more steps than a CPU allows, so the per-step and
+per-aggregation times are measured and the 27-view set is extrapolated (and labelled so):
+  view 0 = 1000 DDPM steps of G_u (same network cost as a G_c step),
+  views 1..26 = aggregation + 50 DDIM steps of G_c each.
+Prints one JSON line per case. Never asserts a time.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ivd_jax.inference import views as views_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ivd_jax.models import unet as unet_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ivd_jax.training import presets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ivd_jax.training import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+NUM_VIEWS = 27
+DDPM_STEPS = 1000
+DDIM_STEPS = 50
+
+
+def _timed(fn, *args):
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return out, time.perf_counter() - t0
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--preset', default='imagenet128', choices=presets.PRESETS)
+  parser.add_argument('--batch', type=int, default=1)
+  parser.add_argument('--steps', type=int, default=2, help='DDIM steps actually run per call')
+  parser.add_argument('--resolution', type=int, default=0, help='0 = the preset resolution')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--repeats', type=int, default=2)
+  args = parser.parse_args()
+
+  model_cfg = presets.train_config(args.preset, conditional=True).model
+  if args.resolution:
+    model_cfg.image_size = args.resolution
+  model_cfg.dtype = args.dtype
+  model = unet_lib.unet_from_config(model_cfg)
+  res = model.image_size
+  t0 = time.perf_counter()
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, res, res, 10)),
+                               jnp.zeros((1,), jnp.int32),
+                               jnp.zeros((1,), jnp.int32) if model.num_classes else None)['params']
+  params = jax.block_until_ready(params)
+  init_s = time.perf_counter() - t0
+  num_params = int(sum(x.size for x in jax.tree.leaves(params)))
+
+  settings = views_lib.SampleSettings(guidance=3.0 if model.num_classes else 0.0,
+                                      steps_cond=args.steps, sampler_uncond='ddim',
+                                      steps_uncond=args.steps)
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({'shape': (1, 1)}),
+                            devices=jax.devices()[:1])
+  sampler = views_lib.ViewSampler(None, views_lib.Network(model, params), settings, mesh=mesh)
+
+  b = args.batch
+  poses = cameras.viewset_poses('3x9')
+  views = jnp.broadcast_to(cameras.views_from_poses(poses), (b, NUM_VIEWS, 4, 4))
+  rng = np.random.default_rng(0)
+  buffer = jnp.asarray(rng.uniform(0.2, 0.8, (b, NUM_VIEWS, res, res, 4)), jnp.float32)
+  keys = views_lib.instance_keys(0, np.arange(b))
+  labels = jnp.zeros((b,), jnp.int32)
+  n = NUM_VIEWS - 1
+  valid = jnp.arange(NUM_VIEWS) < n
+  call_args = (sampler.cond_params, buffer, views, valid, views[:, n], jnp.int32(n), keys,
+               labels)
+
+  # Compile the sampler step (aggregation + G_c DDIM) and the aggregation alone.
+  t0 = time.perf_counter()
+  step = sampler._next_view.lower(*call_args).compile()  # pylint: disable=protected-access
+  compile_step_s = time.perf_counter() - t0
+  agg_fn = jax.jit(lambda buf, v, val, tv: sampler._aggregate(buf, v, val, tv, settings.erode))  # pylint: disable=protected-access
+  t0 = time.perf_counter()
+  agg = agg_fn.lower(buffer, views, valid, views[:, n]).compile()
+  compile_agg_s = time.perf_counter() - t0
+
+  agg_times, step_times = [], []
+  for _ in range(args.repeats):
+    agg_times.append(_timed(agg, buffer, views, valid, views[:, n])[1])
+    # The step donates its buffer argument: give it a fresh copy each time.
+    fresh = (call_args[0], jnp.array(buffer)) + call_args[2:]
+    step_times.append(_timed(step, *fresh)[1])
+  agg_s, call_s = min(agg_times), min(step_times)
+  gc_step_s = max(call_s - agg_s, 0.0) / args.steps
+  view_s = agg_s + DDIM_STEPS * gc_step_s
+  set_s = DDPM_STEPS * gc_step_s + (NUM_VIEWS - 1) * view_s
+  common = dict(preset=args.preset, resolution=res, batch=b, dtype=args.dtype,
+                params=num_params, backend=jax.default_backend(),
+                device=jax.devices()[0].device_kind, cpu_count=os.cpu_count(),
+                jax=jax.__version__, python=platform.python_version())
+  print(json.dumps(dict(case='compile', init_s=round(init_s, 2),
+                        next_view_compile_s=round(compile_step_s, 2),
+                        aggregate_compile_s=round(compile_agg_s, 2), **common)))
+  print(json.dumps(dict(case='measured', steps_per_call=args.steps,
+                        next_view_call_s=round(call_s, 3), aggregate_27_slots_s=round(agg_s, 3),
+                        gc_step_s=round(gc_step_s, 3), gc_step_per_instance_s=round(
+                            gc_step_s / b, 3), **common)))
+  print(json.dumps(dict(case='extrapolated_27_view_set', view0_ddpm_steps=DDPM_STEPS,
+                        ddim_steps_per_view=DDIM_STEPS, seconds_per_further_view=round(view_s, 2),
+                        seconds_per_view_set=round(set_s, 1),
+                        seconds_per_view_set_per_instance=round(set_s / b, 1),
+                        note='extrapolated from the measured per-step and aggregation times',
+                        **common)))
+
+
+if __name__ == '__main__':
+  main()
