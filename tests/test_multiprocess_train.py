@@ -7,9 +7,8 @@ import sys
 
 import numpy as np
 
-from test_training import ROOT, _env, _flags, small_config  # pylint: disable=g-bad-import-order
+from test_training import ROOT, _env, _flags, prepared_data  # pylint: disable=g-bad-import-order
 from ivd_jax.training import checkpoint as ckpt_lib
-from ivd_jax.training import train
 
 
 def _free_port() -> int:
@@ -19,10 +18,7 @@ def _free_port() -> int:
 
 
 def test_two_process_run_trains_and_checkpoints(tmp_path):
-  data = str(tmp_path / 'data')
-  config = small_config(False)
-  config.data.dir = data
-  train.ensure_dataset(config, str(tmp_path))
+  data = prepared_data()
   workdir = str(tmp_path / 'run')
   port = _free_port()
   env = _env()

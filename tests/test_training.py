@@ -1,9 +1,11 @@
 """The train step and train_and_evaluate: sharding equivalence, config checks, exact resume."""
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -68,7 +70,9 @@ def _one_step(config, mesh, batch):
                    in_shardings=(shardings, {'rgbd': bs, 'label': bs}),
                    out_shardings=(shardings, shard_lib.replicated(mesh)), donate_argnums=(0,))
     state, metrics = step(state, jax.device_put(batch, bs))
-    return jax.device_get(state.params), jax.device_get(metrics)
+    sharded = sum(1 for x in jax.tree.leaves(state.params)
+                  if len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated)
+    return jax.device_get(state.params), jax.device_get(metrics), sharded
 
 
 def _mesh(shape, n):
@@ -82,15 +86,18 @@ def _mesh(shape, n):
 ])
 def test_step_same_on_1_and_8_devices(conditional, meshes):
   config = small_config(conditional, num_classes=0 if conditional else 5)
+  config.mesh.fsdp_min_size = 0  # shard every divisible array, even in this small UNet
   config.optim.grad_clip = 0.0
   config.optim.lr = 1e-3
   batch = _batch(8, 16, config.model.num_classes)
-  ref_params, ref_metrics = _one_step(config, _mesh((1, 1), 1), batch)
+  ref_params, ref_metrics, _ = _one_step(config, _mesh((1, 1), 1), batch)
   assert np.isfinite(ref_metrics['loss']) and ref_metrics['nonfinite'] == 0
   # Zero-initialised output conv: the first prediction is 0, so the loss is E[eps^2] ~ 1.
   assert 0.8 < ref_metrics['loss'] < 1.2
   for shape, n in meshes:
-    params, metrics = _one_step(config, _mesh(shape, n), batch)
+    params, metrics, sharded = _one_step(config, _mesh(shape, n), batch)
+    # fsdp > 1 really splits parameters (and their optimizer state) over devices.
+    assert (sharded > 0) == (shape[1] > 1), sharded
     np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], rtol=1e-5)
     np.testing.assert_allclose(metrics['grad_norm'], ref_metrics['grad_norm'], rtol=1e-4)
     if conditional:
@@ -168,14 +175,19 @@ def _env():
   return env
 
 
-@pytest.fixture(scope='module')
-def shared_data(tmp_path_factory):
-  """One prepared 16 px procedural dataset for every run of this module."""
-  path = tmp_path_factory.mktemp('data')
+@functools.lru_cache(maxsize=None)
+def prepared_data() -> str:
+  """One prepared 16 px procedural dataset per test session (also used by the 2-process test)."""
+  path = os.path.join(tempfile.mkdtemp(prefix='ivd_train_test_'), 'data')
   config = small_config(False)
-  config.data.dir = str(path)
-  train.ensure_dataset(config, str(path.parent))
-  return str(path)
+  config.data.dir = path
+  train.ensure_dataset(config, os.path.dirname(path))
+  return path
+
+
+@pytest.fixture
+def shared_data():
+  return prepared_data()
 
 
 def test_exact_resume_after_sigkill(tmp_path, shared_data):

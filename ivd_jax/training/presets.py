@@ -112,6 +112,7 @@ def train_config(preset: Optional[str] = 'tiny', *, conditional: bool = False
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.shape = (-1, 1)  # ('data', 'fsdp'); -1 = all remaining devices
+  config.mesh.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated under fsdp
 
   # Multi-process runs (ivd_jax/distributed.py). TPU pods and SLURM steps are detected; set
   # coordinator_address/num_processes/process_id for anything else (e.g. localhost tests).

@@ -82,13 +82,14 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def param_spec(shape: Sequence[int], fsdp_size: int) -> P:
+def param_spec(shape: Sequence[int], fsdp_size: int, min_size: int = MIN_SHARDED_SIZE) -> P:
   """The rule: shard the largest dimension divisible by fsdp_size over 'fsdp', else replicate.
 
   Ties go to the last such dimension (output channels of convolutions and dense kernels), which
-  keeps the sharded dimension contiguous per device.
+  keeps the sharded dimension contiguous per device. Arrays under min_size elements stay
+  replicated.
   """
-  if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+  if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
     return P()
   best = None
   for i, d in enumerate(shape):
@@ -101,11 +102,11 @@ def param_spec(shape: Sequence[int], fsdp_size: int) -> P:
   return P(*spec)
 
 
-def tree_shardings(mesh: jax.sharding.Mesh, tree: Any) -> Any:
+def tree_shardings(mesh: jax.sharding.Mesh, tree: Any, min_size: int = MIN_SHARDED_SIZE) -> Any:
   """NamedShardings for a pytree of arrays (or ShapeDtypeStructs) by the rule table."""
   fsdp = mesh.shape['fsdp']
 
   def one(x):
-    return NamedSharding(mesh, param_spec(np.shape(x), fsdp))
+    return NamedSharding(mesh, param_spec(np.shape(x), fsdp, min_size))
 
   return jax.tree.map(one, tree)

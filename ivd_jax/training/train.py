@@ -11,8 +11,7 @@ Workdir layout:
                        examples_per_sec (+ loss_visible / loss_holes for G_c)
   DIR/samples/         preview grids (PNG), RGB and colourised depth; G_c beside its condition
 """
-import functools
-import json
+import logging as std_logging
 import os
 import signal
 import sys
@@ -22,10 +21,9 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
-from jax.sharding import NamedSharding
+from etils import epath
 
 from ivd_jax import errors
 from ivd_jax.data import pairs as pairs_lib
@@ -49,6 +47,19 @@ class NonFiniteError(errors.UserError):
 # =============================================================================================
 # Setup: configuration checks (before anything compiles) and the workdir.
 # =============================================================================================
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO records of orbax (a dozen lines per save) so the run's own log stays readable."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def _quiet_library_logs() -> None:
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
+
+
 def data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Where the prepared dataset is: config.data.dir, default WORKDIR/data."""
   return config.data.dir or os.path.join(workdir, 'data')
@@ -115,7 +126,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   if config.optim.schedule not in ('constant', 'cosine'):
     raise errors.ConfigError('optim.schedule', f'unknown schedule {config.optim.schedule!r}',
                              "use 'constant' or 'cosine'")
-  if config.init_from and not os.path.exists(config.init_from) and '://' not in config.init_from:
+  if config.init_from and not epath.Path(config.init_from).exists():
     raise errors.ConfigError('init_from', f'{config.init_from} does not exist',
                              'give a G_u training workdir or exported params, or leave it empty')
 
@@ -132,7 +143,7 @@ def resolve_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collec
 def ensure_dataset(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Prepares the embedded procedural dataset when it is missing; other sources must exist."""
   path = config.data.dir
-  if os.path.isdir(path) and os.listdir(path):
+  if epath.Path(path).is_dir() and any(epath.Path(path).iterdir()):
     return
   if config.data.source != 'procedural':
     preset = config.get('preset', 'PRESET')
@@ -258,7 +269,8 @@ def init_state(model: unet_lib.UNet, tx: optax.GradientTransformation,
     return state_lib.create_train_state(p, tx, state_key)
 
   abstract = jax.eval_shape(create, params)
-  shardings = shard_lib.tree_shardings(mesh, abstract)
+  shardings = shard_lib.tree_shardings(
+      mesh, abstract, config.mesh.get('fsdp_min_size', shard_lib.MIN_SHARDED_SIZE))
   if params is not None:
     params = jax.device_put(params, shardings.params)
   return jax.jit(create, out_shardings=shardings)(params), shardings
@@ -350,10 +362,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The last logged metrics plus 'step' and 'stopped' ('finished' | signal name).
   """
   # ----------------------------------------------------------------------- setup
+  _quiet_library_logs()
   config = resolve_config(config, workdir)
   validate_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or a bucket (gs://...)
   ensure_dataset(config, workdir)
   conditional = is_conditional(config)
   name = 'G_c' if conditional else 'G_u'
@@ -395,8 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = train_logging.MetricWriter(workdir, enabled=is_main,
                                         tensorboard=config.log.tensorboard, resume_step=start_step)
     if is_main:
-      with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config.to_json_best_effort(indent=2))
+      (epath.Path(workdir) / 'config.json').write_text(config.to_json_best_effort(indent=2))
       writer.write_text('config', config.to_json_best_effort(indent=2), start_step)
       writer.write_text('params', f'{name}: {num_params:,} parameters', start_step)
 

@@ -1,4 +1,5 @@
 """Training logs on process 0: metrics.jsonl, TensorBoard (tensorboardX), progress bar, previews."""
+import io
 import json
 import os
 import sys
@@ -7,7 +8,9 @@ from typing import Any, Callable, Optional
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 from absl import logging
+from etils import epath
 
 from ivd_jax.data import pairs as pairs_lib
 
@@ -16,23 +19,24 @@ class MetricWriter:
   """Appends metrics to WORKDIR/metrics.jsonl and TensorBoard; a no-op on other processes.
 
   On resume, lines of steps after the restored step (written by a run that was killed before its
-  next checkpoint) are dropped, so metrics.jsonl reads like one uninterrupted run.
+  next checkpoint) are dropped, so metrics.jsonl reads like one uninterrupted run. Local files
+  are appended to; on object stores (gs://...), which cannot append, the file is rewritten.
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
                resume_step: int = 0):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = epath.Path(workdir) / 'metrics.jsonl'
+    self._local = '://' not in str(workdir)
+    self._lines = []
     self._tb = None
     if not enabled:
       return
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        lines = [l for l in f if l.strip()]
-      kept = [l for l in lines if json.loads(l).get('step', 0) <= resume_step]
-      if len(kept) != len(lines):
-        with open(self.path, 'w') as f:
-          f.writelines(kept)
+    if self.path.exists():
+      lines = [l + '\n' for l in self.path.read_text().splitlines() if l.strip()]
+      self._lines = [l for l in lines if json.loads(l).get('step', 0) <= resume_step]
+      if len(self._lines) != len(lines):
+        self.path.write_text(''.join(self._lines))
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
@@ -40,8 +44,13 @@ class MetricWriter:
   def write_metrics(self, metrics: dict[str, Any]) -> None:
     if not self.enabled:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(metrics) + '\n')
+    line = json.dumps(metrics) + '\n'
+    if self._local:
+      with open(self.path, 'a') as f:
+        f.write(line)
+    else:
+      self._lines.append(line)
+      self.path.write_text(''.join(self._lines))
     if self._tb is not None:
       step = int(metrics['step'])
       for k, v in metrics.items():
@@ -142,10 +151,13 @@ def write_preview(writer: MetricWriter, workdir: str, step: int, preview_fn: Cal
   samples = jax.device_put(samples, _replicated_like(samples))
   if not writer.enabled:
     return None
-  from ivd_jax.inference import export  # pylint: disable=g-import-not-at-top
   host_cond = None if cond is None else jax.tree.map(np.asarray, jax.device_get(cond))
   grid = preview_grid(np.asarray(jax.device_get(samples)), host_cond)
-  path = export.save_png(os.path.join(workdir, 'samples', f'step_{step:08d}.png'), grid)
+  path = epath.Path(workdir) / 'samples' / f'step_{step:08d}.png'
+  path.parent.mkdir(parents=True, exist_ok=True)
+  buffer = io.BytesIO()
+  Image.fromarray(grid).save(buffer, format='PNG')
+  path.write_bytes(buffer.getvalue())
   writer.write_image('samples', grid, step)
   logging.info('preview samples of step %d: %s', step, path)
   return path
