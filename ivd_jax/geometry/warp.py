@@ -47,6 +47,10 @@ FBW_MID_SSAA = 1
 FBW_MID_SAMPLES = 3
 # Relative depth within which splat samples count as the same surface of a sub-pixel.
 DEPTH_TIE = 1e-3
+_LOG_TIE = float(np.log1p(DEPTH_TIE))
+# Keeps depth buckets positive down to depth 1e-4 (and float32-exact up to 1e4: 2^-9 resolution
+# for the centre distance in [0, 0.5]).
+_BUCKET_OFFSET = float(np.ceil(-np.log(1e-4) / np.log1p(DEPTH_TIE)))
 
 
 class Warped(NamedTuple):
@@ -206,21 +210,24 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
   z = jnp.where(valid, z, jnp.inf).reshape(-1)
   centre_dist = ((col - col_i - 0.5) ** 2 + (row - row_i - 0.5) ** 2).reshape(-1)
 
-  zbuf = jnp.full((dump + 1,), jnp.inf, jnp.float32).at[idx].min(
-      z, mode='promise_in_bounds').at[dump].set(-1.0)
+  # One scatter-min resolves visibility: the key orders samples by their depth bucket (relative
+  # width DEPTH_TIE, so the samples of one surface tie) and then by the distance to the
+  # sub-pixel centre, so the winner is the centre-most sample of the nearest surface: it carries
+  # the colour at the centre, as OpenGL samples it, and the choice does not depend on float
+  # rounding of coplanar samples (sharded == unsharded).
+  drawn = jnp.isfinite(z)
+  bucket = jnp.floor(jnp.log(jnp.where(drawn, z, 1.0)) / _LOG_TIE)
+  key = jnp.where(drawn, bucket + _BUCKET_OFFSET + centre_dist, jnp.inf)
+  kbuf = jnp.full((dump + 1,), jnp.inf, jnp.float32).at[idx].min(
+      key, mode='promise_in_bounds').at[dump].set(-1.0)
   num = z.shape[0]
-  # Among the samples of the nearest surface (within DEPTH_TIE of the z-buffer), the one nearest
-  # to the sub-pixel centre wins: it carries the colour at the centre, as OpenGL samples it, and
-  # the choice does not depend on float rounding of coplanar samples (so sharded == unsharded).
-  near_surface = z <= zbuf.at[idx].get(mode='promise_in_bounds') * (1.0 + DEPTH_TIE)
-  dist = jnp.where(near_surface, centre_dist, jnp.inf)
-  dbuf = jnp.full((dump + 1,), jnp.inf, jnp.float32).at[idx].min(
-      dist, mode='promise_in_bounds').at[dump].set(-1.0)
-  winner = near_surface & (dist == dbuf.at[idx].get(mode='promise_in_bounds'))
+  winner = key == kbuf.at[idx].get(mode='promise_in_bounds')
   candidate = jnp.where(winner, jnp.arange(num, dtype=jnp.int32), num)
   win_id = jnp.full((dump + 1,), num, jnp.int32).at[idx].min(
       candidate, mode='promise_in_bounds')[:dump]
-  zbuf = zbuf[:dump]
+  kbuf = kbuf[:dump]
+  zbuf = jnp.where(jnp.isfinite(kbuf),
+                   jnp.exp((jnp.floor(kbuf) - _BUCKET_OFFSET + 0.5) * _LOG_TIE), jnp.inf)
   tri = tri_is_1.astype(jnp.int32)
 
   hit = win_id < num
