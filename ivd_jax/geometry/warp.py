@@ -46,12 +46,11 @@ FBW_BORDER = 3
 FBW_MID_SSAA = 1
 FBW_MID_SAMPLES = 3
 # Relative depth within which splat samples count as the same surface of a sub-pixel.
-DEPTH_TIE = 1e-3
-_LOG_TIE = float(np.log1p(DEPTH_TIE))
-# Keeps depth buckets positive down to depth 1e-4 (and float32-exact up to 1e4: 2^-9 resolution
-# for the centre distance in [0, 0.5]).
-_BUCKET_OFFSET = float(np.ceil(-np.log(1e-4) / np.log1p(DEPTH_TIE)))
-
+DEPTH_TIE = 2.0**-10
+_TIE_SHIFT = 23 - 10  # float32 has 23 mantissa bits; buckets keep the top 10
+# Buckets start at depth 1e-4 (below any clip plane); (bucket << 8 | distance) fits in int32.
+_BUCKET_OFFSET = int(np.array(1e-4, np.float32).view(np.int32)) >> _TIE_SHIFT
+_NO_KEY = np.iinfo(np.int32).max
 
 class Warped(NamedTuple):
   """A warped RGB-D image: rgbd [H, W, 4] (zero outside the mask) and mask [H, W, 1] in {0, 1}."""
@@ -210,24 +209,30 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
   z = jnp.where(valid, z, jnp.inf).reshape(-1)
   centre_dist = ((col - col_i - 0.5) ** 2 + (row - row_i - 0.5) ** 2).reshape(-1)
 
-  # One scatter-min resolves visibility: the key orders samples by their depth bucket (relative
-  # width DEPTH_TIE, so the samples of one surface tie) and then by the distance to the
-  # sub-pixel centre, so the winner is the centre-most sample of the nearest surface: it carries
+  # One scatter-min resolves visibility: the integer key orders samples by their depth bucket
+  # (relative width ~DEPTH_TIE, so the samples of one surface tie) and then by the distance to
+  # the sub-pixel centre, so the winner is the centre-most sample of the nearest surface: it carries
   # the colour at the centre, as OpenGL samples it, and the choice does not depend on float
   # rounding of coplanar samples (sharded == unsharded).
   drawn = jnp.isfinite(z)
-  bucket = jnp.floor(jnp.log(jnp.where(drawn, z, 1.0)) / _LOG_TIE)
-  key = jnp.where(drawn, bucket + _BUCKET_OFFSET + centre_dist, jnp.inf)
-  kbuf = jnp.full((dump + 1,), jnp.inf, jnp.float32).at[idx].min(
-      key, mode='promise_in_bounds').at[dump].set(-1.0)
+  # Depth bucket = the float's exponent and top 10 mantissa bits (relative width 2^-10): a
+  # logarithmic quantisation without a log per sample.
+  bits = jax.lax.bitcast_convert_type(jnp.where(drawn, z, 1.0), jnp.int32)
+  bucket = (bits >> _TIE_SHIFT) - _BUCKET_OFFSET
+  key = jnp.where(drawn, bucket * 256 + jnp.minimum(centre_dist * 512, 255).astype(jnp.int32),
+                  _NO_KEY)
+  kbuf = jnp.full((dump + 1,), _NO_KEY, jnp.int32).at[idx].min(
+      key, mode='promise_in_bounds').at[dump].set(-1)
   num = z.shape[0]
   winner = key == kbuf.at[idx].get(mode='promise_in_bounds')
   candidate = jnp.where(winner, jnp.arange(num, dtype=jnp.int32), num)
   win_id = jnp.full((dump + 1,), num, jnp.int32).at[idx].min(
       candidate, mode='promise_in_bounds')[:dump]
   kbuf = kbuf[:dump]
-  zbuf = jnp.where(jnp.isfinite(kbuf),
-                   jnp.exp((jnp.floor(kbuf) - _BUCKET_OFFSET + 0.5) * _LOG_TIE), jnp.inf)
+  # Planar depth of each sub-pixel's surface from its bucket (centre of the bucket).
+  zbuf = jnp.where(kbuf < _NO_KEY, jax.lax.bitcast_convert_type(
+      (((kbuf >> 8) + _BUCKET_OFFSET) << _TIE_SHIFT) | (1 << (_TIE_SHIFT - 1)), jnp.float32),
+                   jnp.inf)
   tri = tri_is_1.astype(jnp.int32)
 
   hit = win_id < num
@@ -237,18 +242,18 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
   qr, qc = quad // (wv - 1), quad % (wv - 1)
   pay = payload.reshape(hv * wv, -1)
   v00 = qr * wv + qc
-  p00, p01, p10, p11 = pay[v00], pay[v00 + 1], pay[v00 + wv], pay[v00 + wv + 1]
-  ws = jnp.asarray(pattern['s'])[ks][:, None]
-  wt = jnp.asarray(pattern['t'])[ks][:, None]
-  wm = jnp.where(diag_a.reshape(-1)[quad], jnp.asarray(pattern['m_a'])[ks],
-                 jnp.asarray(pattern['m_b'])[ks])[:, None]
+  ws = jnp.asarray(pattern['s'])[ks]
+  wt = jnp.asarray(pattern['t'])[ks]
   if nearest:
     # Nearest texel of the interpolated texture coordinate, which on a pixel-grid mesh is the
     # quad corner nearest to (s, t) whichever triangle holds the sample (GL_NEAREST lookup).
-    ws, wt = jnp.round(ws), jnp.round(wt)
-    wm = ws * wt
-  win_payload = p00 + ws * (p01 - p00) + wt * (p10 - p00) + wm * (p11 - p01 - p10 + p00)
-
+    win_payload = pay[v00 + (ws > 0.5) + (wt > 0.5) * wv]
+  else:
+    p00, p01, p10, p11 = pay[v00], pay[v00 + 1], pay[v00 + wv], pay[v00 + wv + 1]
+    wm = jnp.where(diag_a.reshape(-1)[quad], jnp.asarray(pattern['m_a'])[ks],
+                   jnp.asarray(pattern['m_b'])[ks])[:, None]
+    ws, wt = ws[:, None], wt[:, None]
+    win_payload = p00 + ws * (p01 - p00) + wt * (p10 - p00) + wm * (p11 - p01 - p10 + p00)
   win_payload = jnp.where(hit[:, None], win_payload, 0.0)
 
   pick = lambda per_tri: per_tri.reshape(-1, 2)[quad, win_tri] & hit
