@@ -29,9 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+# Runnable as a script from anywhere: the repository root goes on the path first.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ivd_jax.diffusion import losses, samplers, schedule as schedule_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.models.unet import UNet  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from ivd_jax.diffusion import losses, samplers, schedule as schedule_lib
+from ivd_jax.models.unet import UNet
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 CASES = {
     'fixture32': dict(image_size=32, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
@@ -253,11 +256,10 @@ def main() -> None:
   env = dict(machine=platform.machine(), cpus=os.cpu_count(), python=platform.python_version(),
              jax=jax.__version__, backend=jax.default_backend())
   for name in args.cases.split(','):
-    rows = bench_jax(name, args.repeats, not args.no_sampler)
-    if args.torch:
-      rows += bench_torch(name, args.repeats, not args.no_sampler)
-    for row in rows:
-      print(json.dumps(dict(row, **env)), flush=True)
+    impls = [bench_jax] + ([bench_torch] if args.torch else [])
+    for bench in impls:
+      for row in bench(name, args.repeats, not args.no_sampler):
+        print(json.dumps(dict(row, **env)), flush=True)
 
 
 if __name__ == '__main__':

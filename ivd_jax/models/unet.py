@@ -41,7 +41,7 @@ def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
 
 
 class GroupNorm32(nn.Module):
-  """GroupNorm computed in float32 and returned in the compute dtype (the reference's GroupNorm32)."""
+  """GroupNorm in float32, returned in the compute dtype (the reference's GroupNorm32)."""
   num_groups: int = 32
 
   @nn.compact
