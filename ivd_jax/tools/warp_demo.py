@@ -8,7 +8,7 @@ true render from the target camera, the forward warp into it (holes grey), the f
 scored against the true co-visibility (white = correct, red = visible but not co-visible, blue =
 co-visible but missed), the forward-backward warp (a G_c training condition, back in the source
 view), its mask scored the same way, and the aggregation of the source and the previous row's
-true render into this row's camera (METHOD 8). Writes warp_demo.png and warp_demo.json (the
+true render (row 0: the source alone) into this row's camera (METHOD 8, shown inside mask_rgb). Writes warp_demo.png and warp_demo.json (the
 precision / recall / PSNR of each warp) into the output directory.
 """
 from __future__ import annotations
@@ -96,8 +96,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   fw = jax.jit(jax.vmap(lambda v: warp.warp_rgbd(rgbd, src, v, **kw)))(views)
   fbw = jax.jit(jax.vmap(lambda v: warp.forward_backward_warp(rgbd, src, v, **kw)))(views)
   fw, fbw = jax.device_get((fw, fbw))
-  agg_fn = jax.jit(lambda b, vs, t: aggregate.aggregate_views(
-      b, vs, np.ones(2, bool), t, near=c.near, far=c.far, fov_deg=c.fov_deg, ssaa=c.ssaa))
+  agg_fn = jax.jit(lambda b, vs, ok, t: aggregate.aggregate_views(
+      b, vs, ok, t, near=c.near, far=c.far, fov_deg=c.fov_deg, ssaa=c.ssaa))
 
   tiles: List[np.ndarray] = []
   rows = []
@@ -110,7 +110,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     m_fw = fw.mask[i, ..., 0] > 0.5
     m_fbw = fbw.mask[i, ..., 0] > 0.5
     agg = jax.device_get(agg_fn(np.stack([rgbd, previous[0]]), np.stack([src, previous[1]]),
-                                view))
+                                np.array([True, i > 0]), view))
     m_agg = agg.mask_rgb[..., 0] > 0.5
     covis_agg = covis_fw | procedural.covisibility(scene, view, true.depth, previous[1],
                                                    fov_deg=c.fov_deg)
