@@ -90,7 +90,7 @@ def test_widen_to_conditional_keeps_the_function(reference):
   np.testing.assert_allclose(out, reference['out'], atol=1e-5)
 
 
-def test_cli_writes_a_params_checkpoint(reference, tmp_path):
+def test_cli_writes_a_params_checkpoint(reference, fixtures_dir, tmp_path):
   torch = pytest.importorskip('torch')
   checkpoint = pytest.importorskip('ivd_jax.training.checkpoint')
   pt = tmp_path / 'ema.pt'
@@ -108,3 +108,14 @@ def test_cli_writes_a_params_checkpoint(reference, tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(params),
                   jax.tree_util.tree_leaves(reference['params'])):
     np.testing.assert_array_equal(a, b)
+  # The fixture .npz converts without torch; --widen_to exports a G_c initialisation.
+  wide = tmp_path / 'wide'
+  assert convert_reference.main(['--checkpoint', str(fixtures_dir / 'adm_small_uncond.npz'),
+                                 '--config', str(fixtures_dir / 'adm_small_uncond.json'),
+                                 '--out', str(wide), '--widen_to', '10']) == 0
+  params, saved = checkpoint.load_params(str(wide))
+  assert unet_from_config(saved['model']) == reference['model'].clone(in_channels=10)
+  np.testing.assert_array_equal(params['input_blocks_0_0']['kernel'][:, :, 4:], 0.0)
+  with pytest.raises(UserError, match='does not exist'):
+    convert_reference.main(['--checkpoint', str(tmp_path / 'missing.pt'), '--config',
+                            str(config), '--out', str(out)])

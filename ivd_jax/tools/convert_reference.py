@@ -5,7 +5,7 @@ Library:
   from_state_dict(state_dict, kwargs) -> (UNet, params)
   widen_to_conditional(params, in_channels=10) -> params     # G_u -> G_c initialisation
 
-Command line (torch is needed only here, to read the .pt file):
+Command line (torch is needed only to read a .pt file; an .npz of arrays works without it):
   python -m ivd_jax.tools.convert_reference --checkpoint ckpt.pt --config config.json \
       --out /path/to/exported_params
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -217,6 +218,11 @@ def _reference_kwargs(config: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _load_state_dict(path: str) -> Mapping[str, Any]:
+  """Reads a reference state dict from a .pt file (torch) or an .npz of arrays."""
+  if path.endswith('.npz'):  # e.g. the fixtures' arrays, stored as "param/<key>".
+    with np.load(path) as arrays:
+      return {re.sub(r'^param/', '', k): arrays[k] for k in arrays.files
+              if not k.startswith(('input/', 'output', 'intermediate/'))}
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -242,6 +248,10 @@ def main(argv: Optional[list] = None) -> int:
   parser.add_argument('--widen_to', type=int, default=0,
                       help='widen the first conv to this many inputs (G_u -> G_c init)')
   args = parser.parse_args(argv)
+  for flag in ('checkpoint', 'config'):
+    if not os.path.isfile(getattr(args, flag)):
+      raise UserError(f'--{flag} {getattr(args, flag)} does not exist. Fix: pass the path of '
+                      f'the reference {flag} file.')
   with open(args.config) as f:
     kwargs = _reference_kwargs(json.load(f))
   model, params = from_state_dict(_load_state_dict(args.checkpoint), kwargs)
