@@ -96,6 +96,9 @@ def test_class_embedding_null_label(tiny, perturbed, apply_fns):
   np.testing.assert_allclose(mixed[3], labels[3], atol=1e-6)
   with pytest.raises(UserError, match='unconditional'):
     jax.eval_shape(UNet(**dict(TINY, num_classes=None)).init, jax.random.PRNGKey(0), x, t, t)
+  # init without labels still creates the class table.
+  no_labels = jax.eval_shape(UNet(**TINY).init, jax.random.PRNGKey(0), x, t)['params']
+  assert no_labels['label_emb']['embedding'].shape == (5, 128)
 
 
 def test_bfloat16_compute_float32_params(tiny, perturbed):

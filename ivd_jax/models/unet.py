@@ -246,10 +246,13 @@ class UNet(nn.Module):
     emb = timestep_embedding(t, mc)
     emb = nn.Dense(emb_dim, param_dtype=jnp.float32, name='time_embed_fc1')(emb)
     emb = nn.Dense(emb_dim, param_dtype=jnp.float32, name='time_embed_fc2')(nn.silu(emb))
-    if self.num_classes and y is not None:
+    if self.num_classes:
       table = nn.Embed(self.num_classes, emb_dim, param_dtype=jnp.float32, name='label_emb')
-      y = y.astype(jnp.int32)
-      emb = emb + jnp.where((y >= 0)[:, None], table(jnp.maximum(y, 0)), 0.0)
+      if y is not None:
+        y = y.astype(jnp.int32)
+        emb = emb + jnp.where((y >= 0)[:, None], table(jnp.maximum(y, 0)), 0.0)
+      elif self.is_initializing():
+        table(jnp.zeros((1,), jnp.int32))  # Create the table even when init sees no labels.
 
     # Encoder.
     h = _conv(mc, 3, dtype, 'input_blocks_0_0')(x.astype(dtype))
