@@ -38,9 +38,10 @@ DDIM_STEPS = 50
 
 
 def _timed(fn, *args):
-  t0 = time.perf_counter()
+  """(output, wall seconds, process CPU seconds); CPU time is robust to other users' load."""
+  t0, c0 = time.perf_counter(), time.process_time()
   out = jax.block_until_ready(fn(*args))
-  return out, time.perf_counter() - t0
+  return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=2, help='DDIM steps actually run per call')
   parser.add_argument('--resolution', type=int, default=0, help='0 = the preset resolution')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
-  parser.add_argument('--repeats', type=int, default=2)
+  parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
 
   model_cfg = presets.train_config(args.preset, conditional=True).model
@@ -97,14 +98,17 @@ def main() -> None:
 
   agg_times, step_times = [], []
   for _ in range(args.repeats):
-    agg_times.append(_timed(agg, buffer, views, valid, views[:, n])[1])
+    agg_times.append(_timed(agg, buffer, views, valid, views[:, n])[1:])
     # The step donates its buffer argument: give it a fresh copy each time.
     fresh = (call_args[0], jnp.array(buffer)) + call_args[2:]
-    step_times.append(_timed(step, *fresh)[1])
-  agg_s, call_s = min(agg_times), min(step_times)
+    step_times.append(_timed(step, *fresh)[1:])
+  (agg_s, agg_cpu), (call_s, call_cpu) = min(agg_times), min(step_times)
   gc_step_s = max(call_s - agg_s, 0.0) / args.steps
+  gc_step_cpu = max(call_cpu - agg_cpu, 0.0) / args.steps
   view_s = agg_s + DDIM_STEPS * gc_step_s
   set_s = DDPM_STEPS * gc_step_s + (NUM_VIEWS - 1) * view_s
+  view_cpu = agg_cpu + DDIM_STEPS * gc_step_cpu
+  set_cpu = DDPM_STEPS * gc_step_cpu + (NUM_VIEWS - 1) * view_cpu
   common = dict(preset=args.preset, resolution=res, batch=b, dtype=args.dtype,
                 params=num_params, backend=jax.default_backend(),
                 device=jax.devices()[0].device_kind, cpu_count=os.cpu_count(),
@@ -115,11 +119,16 @@ def main() -> None:
   print(json.dumps(dict(case='measured', steps_per_call=args.steps,
                         next_view_call_s=round(call_s, 3), aggregate_27_slots_s=round(agg_s, 3),
                         gc_step_s=round(gc_step_s, 3), gc_step_per_instance_s=round(
-                            gc_step_s / b, 3), **common)))
+                            gc_step_s / b, 3), next_view_call_cpu_s=round(call_cpu, 3),
+                        aggregate_27_slots_cpu_s=round(agg_cpu, 3),
+                        gc_step_cpu_s=round(gc_step_cpu, 3),
+                        load_average_1min=round(os.getloadavg()[0], 2), **common)))
   print(json.dumps(dict(case='extrapolated_27_view_set', view0_ddpm_steps=DDPM_STEPS,
                         ddim_steps_per_view=DDIM_STEPS, seconds_per_further_view=round(view_s, 2),
                         seconds_per_view_set=round(set_s, 1),
                         seconds_per_view_set_per_instance=round(set_s / b, 1),
+                        cpu_seconds_per_further_view=round(view_cpu, 2),
+                        cpu_seconds_per_view_set=round(set_cpu, 1),
                         note='extrapolated from the measured per-step and aggregation times',
                         **common)))
 

@@ -30,6 +30,7 @@ def sample_defaults() -> ml_collections.ConfigDict:
   s.steps_uncond = 1000
   s.steps_cond = 50  # DDIM steps of G_c
   s.eta = 0.0  # DDIM eta for both samplers
+  s.clip_denoised = False  # clip predicted x_0 to [-1, 1] each step (the reference: False)
   # Condition edits inside G_c's DDIM (METHOD 7); 0 disables an edit.
   s.replace_rgb = 0.1
   s.replace_depth = 0.2

@@ -55,6 +55,7 @@ class SampleSettings:
   steps_uncond: int = 1000
   steps_cond: int = 50
   eta: float = 0.0
+  clip_denoised: bool = False
   replace_rgb: float = 0.1
   replace_depth: float = 0.2
   constrain_depth: float = 0.5
@@ -280,10 +281,11 @@ class ViewSampler:
       eps_fn = _network_eps_fn(self.uncond, params, label[None], s.guidance)
       if s.sampler_uncond == 'ddpm':
         x0 = samplers.ddpm_sample(eps_fn, x_t, schedule=self.schedule,
-                                  key=jax.random.fold_in(key, 1))
+                                  key=jax.random.fold_in(key, 1), clip_denoised=s.clip_denoised)
       else:
         x0 = samplers.ddim_sample(eps_fn, x_t, schedule=self.schedule, steps=s.steps_uncond,
-                                  eta=s.eta, key=jax.random.fold_in(key, 1))
+                                  eta=s.eta, key=jax.random.fold_in(key, 1),
+                                  clip_denoised=s.clip_denoised)
       return jnp.clip(depth_lib.from_network(x0[0]), 0.0, 1.0)
 
     return jax.vmap(one)(jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys), labels)
@@ -328,7 +330,8 @@ class ViewSampler:
           depth_weight=s.replace_depth, hull_weight=s.constrain_depth)
       x_t = jax.random.normal(jax.random.fold_in(vkey, 0), (1, res, res, 4), jnp.float32)
       x0 = samplers.ddim_sample(eps_fn, x_t, schedule=self.schedule, steps=s.steps_cond,
-                                eta=s.eta, key=jax.random.fold_in(vkey, 1), edits=edits)
+                                eta=s.eta, key=jax.random.fold_in(vkey, 1), edits=edits,
+                                clip_denoised=s.clip_denoised)
       return jnp.clip(depth_lib.from_network(x0[0]), 0.0, 1.0)
 
     new = jax.vmap(one)(keys, labels, agg)
