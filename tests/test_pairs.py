@@ -80,3 +80,17 @@ def test_pair_random_choices_follow_method5(batch):
                                  atol=2e-6)
   assert 0.6 <= blurred / NUM <= 0.95, blurred
   assert len(set(sizes)) >= 4
+
+
+def test_pairs_identical_under_batch_sharding(batch):
+  """Example i's pair depends only on (image, key, i): sharding the batch changes nothing."""
+  rgbd01, key, out = batch
+  mesh = jax.make_mesh((4, 2), ('data', 'fsdp'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(('data', 'fsdp')))
+  x = jax.device_put(jnp.asarray(rgbd01) * 2 - 1, sharding)
+  with jax.set_mesh(mesh):
+    sharded = jax.jit(lambda x: pairs.make_training_pairs(x, key, near=0.5, far=100.0),
+                      in_shardings=sharding, out_shardings=sharding)(x)
+  for name in out:
+    np.testing.assert_allclose(np.asarray(sharded[name]), out[name], atol=1e-6, err_msg=name)
