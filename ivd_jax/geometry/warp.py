@@ -52,6 +52,27 @@ _TIE_SHIFT = 23 - 10  # float32 has 23 mantissa bits; buckets keep the top 10
 _BUCKET_OFFSET = int(np.array(1e-4, np.float32).view(np.int32)) >> _TIE_SHIFT
 _NO_KEY = np.iinfo(np.int32).max
 
+
+def _materialize(x: jnp.ndarray) -> jnp.ndarray:
+  """x (int32 or float32) bit for bit, computed once into memory.
+
+  XLA CPU fuses cheap elementwise producers into every consumer, so without this the sample
+  projection and the gathered payloads were re-computed inside each scatter and gather loop that
+  reads them (over 40 % of the warp's time). An integer remainder counts as expensive to its
+  fusion heuristics, so its result is stored once; here it is one that changes nothing: the bits
+  modulo 0xffffffff (only the bit pattern 0xffffffff, int -1 or one NaN, would become 0, and
+  no caller holds it).
+  """
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  return jax.lax.bitcast_convert_type(jax.lax.rem(bits, jnp.uint32(0xFFFFFFFF)), x.dtype)
+
+
+def _divmod(index: jnp.ndarray, divisor: int) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Quotient and remainder of non-negative int32 indices (no sign fix-ups as in // and %)."""
+  d = jnp.int32(divisor)
+  return jax.lax.div(index, d), jax.lax.rem(index, d)
+
+
 class Warped(NamedTuple):
   """A warped RGB-D image: rgbd [H, W, 4] (zero outside the mask) and mask [H, W, 1] in {0, 1}."""
   rgbd: jnp.ndarray
@@ -199,13 +220,14 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
   inv_z = 1.0 / jnp.where(z > clip_near, z, 1.0)
   col = (0.5 + f * px * inv_z) * size
   row = (0.5 - f * py * inv_z) * size
+  z, col, row = _materialize(z), _materialize(col), _materialize(row)
   valid = (sample_exists & (z > clip_near) & (col >= 0) & (col < size) & (row >= 0)
            & (row < size))
   col_i = jnp.floor(col)
   row_i = jnp.floor(row)
   dump = size * size  # out-of-image samples go to one extra slot
-  idx = jnp.where(valid, row_i.astype(jnp.int32) * size + col_i.astype(jnp.int32),
-                  dump).reshape(-1)
+  idx = _materialize(jnp.where(valid, row_i.astype(jnp.int32) * size + col_i.astype(jnp.int32),
+                               dump).reshape(-1))
   z = jnp.where(valid, z, jnp.inf).reshape(-1)
   centre_dist = ((col - col_i - 0.5) ** 2 + (row - row_i - 0.5) ** 2).reshape(-1)
 
@@ -237,17 +259,17 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
 
   hit = win_id < num
   win_id = jnp.where(hit, win_id, 0)
-  quad, ks = win_id // kk, win_id % kk
+  quad, ks = _divmod(win_id, kk)
   win_tri = jnp.asarray(tri).reshape(-1)[win_id]
-  qr, qc = quad // (wv - 1), quad % (wv - 1)
+  qr, qc = _divmod(quad, wv - 1)
   pay = payload.reshape(hv * wv, -1)
-  v00 = qr * wv + qc
+  v00 = _materialize(qr * wv + qc)
   ws = jnp.asarray(pattern['s'])[ks]
   wt = jnp.asarray(pattern['t'])[ks]
   if nearest:
     # Nearest texel of the interpolated texture coordinate, which on a pixel-grid mesh is the
     # quad corner nearest to (s, t) whichever triangle holds the sample (GL_NEAREST lookup).
-    win_payload = pay[v00 + (ws > 0.5) + (wt > 0.5) * wv]
+    win_payload = pay[_materialize(v00 + (ws > 0.5) + (wt > 0.5) * wv)]
   else:
     p00, p01, p10, p11 = pay[v00], pay[v00 + 1], pay[v00 + wv], pay[v00 + wv + 1]
     wm = jnp.where(diag_a.reshape(-1)[quad], jnp.asarray(pattern['m_a'])[ks],
@@ -256,7 +278,8 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
     win_payload = p00 + ws * (p01 - p00) + wt * (p10 - p00) + wm * (p11 - p01 - p10 + p00)
   win_payload = jnp.where(hit[:, None], win_payload, 0.0)
 
-  pick = lambda per_tri: per_tri.reshape(-1, 2)[quad, win_tri] & hit
+  win_slot = _materialize(quad * 2 + win_tri)
+  pick = lambda per_tri: per_tri.reshape(-1)[win_slot] & hit
   out_flags = (jnp.stack([pick(fl) for fl in tri_flags], -1) if tri_flags
                else jnp.zeros((size * size, 0), bool))
   shape = (size, size)
@@ -271,7 +294,8 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
       (-1,) + x.shape[1:])
   c_quad, c_tri, c_hit = centre(quad), centre(win_tri), centre(hit)
   c_diag = diag_a.reshape(-1)[c_quad]
-  c00i = (c_quad // (wv - 1)) * wv + c_quad % (wv - 1)
+  c_qr, c_qc = _divmod(c_quad, wv - 1)
+  c00i = c_qr * wv + c_qc
   i00, i01, i10, i11 = c00i, c00i + 1, c00i + wv, c00i + wv + 1
   ia = jnp.where(c_tri == 0, i00, jnp.where(c_diag, i00, i01))
   ib = jnp.where(c_tri == 0, i01, i11)
@@ -462,8 +486,8 @@ def forward_backward_warp(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jn
   # Pixels whose centre shows back-facing material stay as occluders but are flagged hidden.
   covered = fwd['hit'] & fwd['front']
   ssaa_mid = FBW_MID_SSAA
-  mid_colour = fwd['centre_payload']
-  mid_depth = fwd['centre_depth']
+  mid_colour = _materialize(fwd['centre_payload'])
+  mid_depth = _materialize(fwd['centre_depth'])
   mid_exists = jnp.isfinite(mid_depth)
   mid_hidden = ~centre_subpixel(covered, ssaa_mid)
   mid_depth = jnp.where(mid_exists, mid_depth, 1.0)
