@@ -486,8 +486,9 @@ def forward_backward_warp(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jn
   # Pixels whose centre shows back-facing material stay as occluders but are flagged hidden.
   covered = fwd['hit'] & fwd['front']
   ssaa_mid = FBW_MID_SSAA
-  mid_colour = _materialize(fwd['centre_payload'])
-  mid_depth = _materialize(fwd['centre_depth'])
+  # One stored array, colour and depth, so that no consumer re-computes the centre reads.
+  mid = _materialize(jnp.concatenate([fwd['centre_payload'], fwd['centre_depth'][..., None]], -1))
+  mid_colour, mid_depth = mid[..., :3], mid[..., 3]
   mid_exists = jnp.isfinite(mid_depth)
   mid_hidden = ~centre_subpixel(covered, ssaa_mid)
   mid_depth = jnp.where(mid_exists, mid_depth, 1.0)
