@@ -6,14 +6,18 @@ Stages, each resumable (re-running skips finished work):
   1. prepare the procedural RGBD dataset   -> DIR/data
   2. train G_u                              -> DIR/uncond
   3. train G_c, initialised from G_u        -> DIR/cond
-  4. sample a view set with a fusion video  -> DIR/samples/<run>/
-  5. 3D consistency of the generated views and of the true views of unseen procedural scenes
-     (the ceiling) on the same cameras      -> DIR/quickstart_summary.json
+  4. full generation: view 0 from G_u, every further view from G_c, fusion video
+                                            -> DIR/samples/<sample.run_name>/
+  5. novel views of unseen scenes: view 0 is the true render of a held-out procedural scene,
+     every further view from G_c with the visible content pinned to the warped condition
+                                            -> DIR/samples/<novel.run_name>/
+  6. 3D consistency of both runs and of the true views of the held-out scenes (the ceiling) on
+     the same cameras                       -> DIR/quickstart_summary.json
 """
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 from absl import logging
 import jax
@@ -54,6 +58,8 @@ def stage_config(config: ml_collections.ConfigDict, workdir: str, *,
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs all stages; returns (and writes) the summary with both consistency figures."""
   from ivd_jax.data import builders  # pylint: disable=g-import-not-at-top
+  from ivd_jax.data import procedural  # pylint: disable=g-import-not-at-top
+  from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
   from ivd_jax.evaluation import consistency  # pylint: disable=g-import-not-at-top
   from ivd_jax.inference import export  # pylint: disable=g-import-not-at-top
   from ivd_jax.inference import views as views_lib  # pylint: disable=g-import-not-at-top
@@ -69,9 +75,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for c in (uncond_cfg, early_cond):
     train.validate_config(c, num_devices=jax.device_count(), process_count=jax.process_count())
   views_lib.SampleSettings.from_config(config.sample).validate()
+  views_lib.SampleSettings.from_config(_novel_sample_config(config)).validate()
 
   t0 = time.perf_counter()
-  _say(f'1/5 preparing {config.data.num_examples} procedural scenes at '
+  _say(f'1/6 preparing {config.data.num_examples} procedural scenes at '
        f'{config.data.resolution} px -> {uncond_cfg.data.dir}')
   builders.prepare(ml_collections.ConfigDict({'mode': 'prepare', 'data': uncond_cfg.data}),
                    workdir)
@@ -79,67 +86,139 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   for name, c, sub in (('G_u', uncond_cfg, 'uncond'), ('G_c', cond_cfg, 'cond')):
     t0 = time.perf_counter()
-    _say(f'{2 if sub == "uncond" else 3}/5 training {name} for {c.train.num_steps} steps '
+    _say(f'{2 if sub == "uncond" else 3}/6 training {name} for {c.train.num_steps} steps '
          f'(batch {c.train.batch_size}) -> {os.path.join(workdir, sub)}')
     metrics = train.train_and_evaluate(c, os.path.join(workdir, sub))
     timings[f'train_{sub}_s'] = time.perf_counter() - t0
+    stopped = metrics.get('stopped', 'finished')
+    if stopped != 'finished':
+      # Preempted / Ctrl-C: the trainer saved its state; later stages must not start on a
+      # half-trained network. Re-running the same command resumes this stage.
+      _say(f'    {name} stopped by {stopped} at step {metrics.get("step")}; re-run the same '
+           'command to resume')
+      return {'stopped': stopped, 'stage': sub, 'timings': timings}
     _say(f'    {name} done in {timings[f"train_{sub}_s"]:.0f} s, final loss '
          f'{metrics.get("loss", float("nan")):.4f}')
 
   t0 = time.perf_counter()
-  sample_cfg = ml_collections.ConfigDict({
-      'mode': 'sample', 'sample': config.sample.to_dict(), 'mesh': config.mesh.to_dict()})
-  sample_cfg.sample.uncond = os.path.join(workdir, 'uncond')
-  sample_cfg.sample.cond = os.path.join(workdir, 'cond')
-  s = sample_cfg.sample
-  _say(f'4/5 sampling {s.num_instances} instances of view set {s.viewset!r} '
-       f'({s.steps_uncond} {s.sampler_uncond.upper()} steps for view 0, {s.steps_cond} DDIM '
-       'steps per further view) and a fusion video')
-  manifest = views_lib.sample_and_export(sample_cfg, workdir)
-  timings['sample_s'] = time.perf_counter() - t0
+  s = config.sample
+  _say(f'4/6 full generation: {s.num_instances} instances of view set {s.viewset!r} '
+       f'({s.steps_uncond} {s.sampler_uncond.upper()} G_u steps for view 0, {s.steps_cond} DDIM '
+       'G_c steps per further view) and a fusion video')
+  full = views_lib.sample_and_export(_sample_config(config, workdir, config.sample), workdir)
+  timings['sample_full_s'] = time.perf_counter() - t0
+
+  # Novel views of unseen scenes: view 0 is the TRUE render of a held-out procedural scene (the
+  # photo-start path of sample mode). G_c runs with the METHOD 7 condition edits at weight 1.0
+  # (config.novel): networks trained for minutes on a CPU do not yet follow their condition
+  # closely (their visible-region loss with and without the condition differs by a few per
+  # cent), so at the reference's weights (0.1 / 0.2) the visible content drifts into noise. At
+  # weight 1.0 the warped condition is kept wherever it is visible and G_c only fills the newly
+  # revealed holes, so the fusion video shows the held-out scene turning in 3D.
+  t0 = time.perf_counter()
+  novel_sample = _novel_sample_config(config)
+  n = novel_sample.num_instances
+  seeds = [config.ceiling_seed + i for i in range(n)]
+  _say(f'5/6 novel views of {n} unseen scenes (procedural seeds {seeds[0]}..{seeds[-1]}): true '
+       f'view 0, {novel_sample.steps_cond} DDIM G_c steps per further view with condition edits '
+       f'rgb {novel_sample.replace_rgb} / depth {novel_sample.replace_depth}')
+  first = np.stack([
+      procedural.render_rgbd(procedural.sample_scene(seed), cameras.SOURCE_VIEW,
+                             config.data.resolution, near=config.data.near, far=config.data.far,
+                             fov_deg=novel_sample.fov_deg) for seed in seeds]).astype(np.float32)
+  novel = views_lib.sample_and_export(_sample_config(config, workdir, novel_sample), workdir,
+                                      first_rgbd=first)
+  timings['sample_novel_s'] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  _say('5/5 consistency ceiling: true views of unseen procedural scenes on the same cameras')
-  seeds = [config.ceiling_seed + i for i in range(config.ceiling_scenes)]
+  _say('6/6 consistency ceiling: true views of the held-out procedural scenes on the same '
+       'cameras')
+  ceiling_seeds = [config.ceiling_seed + i for i in range(max(config.ceiling_scenes, n))]
   ceiling = consistency.procedural_ceiling(
-      seeds, np.asarray(manifest['instances'][0]['views']), config.data.resolution, near=s.near,
-      far=s.far, data_near=config.data.near, data_far=config.data.far, fov_deg=s.fov_deg,
-      ssaa=s.ssaa, atol=s.atol, rtol=s.rtol, neighbours=s.consistency_neighbours or None)
+      ceiling_seeds, np.asarray(full['instances'][0]['views']), config.data.resolution,
+      near=s.near, far=s.far, data_near=config.data.near, data_far=config.data.far,
+      fov_deg=s.fov_deg, ssaa=s.ssaa, atol=s.atol, rtol=s.rtol,
+      neighbours=s.consistency_neighbours or None)
   timings['ceiling_s'] = time.perf_counter() - t0
   timings['total_s'] = time.perf_counter() - t_all
 
-  out_dir = manifest.pop('dir')
-  manifest['consistency_ceiling'] = ceiling
+  runs = {}
+  for key, manifest, label in (('full_generation', full, 'full generation (G_u view 0, G_c '
+                                'further views)'),
+                               ('novel_views', novel, 'novel views of unseen scenes (true view '
+                                '0, G_c fills the holes)')):
+    out_dir = manifest.pop('dir')
+    manifest['consistency_ceiling'] = ceiling
+    manifest['quickstart_run'] = key
+    instances = [os.path.join(out_dir, i['dir']) for i in manifest['instances'] if 'dir' in i]
+    runs[key] = {
+        'label': label,
+        'samples': out_dir,
+        'overview': os.path.join(out_dir, 'overview.png'),
+        'consistency': manifest['consistency'],
+        'instances': instances,
+        'videos': [os.path.join(i, 'orbit.mp4') for i in instances],
+        'timings': manifest['timings'],
+    }
+    if jax.process_index() == 0:
+      export.write_manifest(os.path.join(out_dir, 'manifest.json'), manifest)
+  runs['novel_views']['scene_seeds'] = seeds
+  runs['novel_views']['condition_edits'] = {
+      k: float(novel_sample[k]) for k in ('replace_rgb', 'replace_depth', 'constrain_depth')}
   summary = {
-      'samples': out_dir,
-      'consistency': manifest['consistency'],
+      **runs,
       'consistency_ceiling': ceiling,
+      'ceiling_scene_seeds': ceiling_seeds,
       'timings': timings,
-      'instances': [os.path.join(out_dir, i['dir']) for i in manifest['instances']
-                    if 'dir' in i],
+      # The full-generation run under the keys earlier summaries used.
+      'samples': runs['full_generation']['samples'],
+      'consistency': runs['full_generation']['consistency'],
+      'instances': runs['full_generation']['instances'],
   }
   if jax.process_index() == 0:
-    export.write_manifest(os.path.join(out_dir, 'manifest.json'), manifest)
     export.write_manifest(os.path.join(workdir, 'quickstart_summary.json'), summary)
     _print_summary(summary)
   return summary
 
 
+def _sample_config(config: ml_collections.ConfigDict, workdir: str,
+                   sample: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A sample-mode config that reads the quickstart's G_u and G_c."""
+  c = ml_collections.ConfigDict({'mode': 'sample', 'sample': sample.to_dict(),
+                                 'mesh': config.mesh.to_dict()})
+  c.sample.uncond = os.path.join(workdir, 'uncond')
+  c.sample.cond = os.path.join(workdir, 'cond')
+  return c
+
+
+def _novel_sample_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.sample with the overrides of config.novel (edit weights, run name, instances)."""
+  sample = ml_collections.ConfigDict(config.sample.to_dict())
+  for key, value in config.novel.items():
+    sample[key] = value
+  return sample
+
+
+def _consistency_line(name: str, c: Optional[dict]) -> str:
+  if not c:
+    return f'  {name}: (one view only)'
+  return (f'  {name}: colour PSNR {c["psnr"]:5.2f} dB, depth agreement '
+          f'{c["depth_agreement"]:.3f}, co-visible {c["covisible"]:.3f}')
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
-  gen, ceil = summary['consistency'], summary['consistency_ceiling']
-  lines = [
-      '',
-      f'Done in {summary["timings"]["total_s"] / 60:.1f} min. Pictures:',
-      f'  {summary["samples"]}/overview.png     first views of every instance',
+  lines = ['', f'Done in {summary["timings"]["total_s"] / 60:.1f} min.']
+  for key in ('full_generation', 'novel_views'):
+    run = summary[key]
+    lines += [f'{run["label"]}:',
+              f'  {run["overview"]}     first views of every instance']
+    for inst in run['instances']:
+      lines.append(f'  {inst}/orbit.mp4 (+ orbit.gif, grid_rgb.png, grid_depth.png, '
+                   'points.ply)')
+  lines += [
+      '3D consistency (every view warped into every other view):',
+      _consistency_line('full generation      ', summary['full_generation']['consistency']),
+      _consistency_line('novel views (unseen) ', summary['novel_views']['consistency']),
+      _consistency_line('true views (ceiling) ', summary['consistency_ceiling']),
   ]
-  for inst in summary['instances']:
-    lines.append(f'  {inst}/grid_rgb.png, grid_depth.png, orbit.mp4 (orbit.gif), points.ply')
-  if gen:
-    lines += [
-        '3D consistency (every view warped into every other view):',
-        f'  generated : colour PSNR {gen["psnr"]:.2f} dB, depth agreement '
-        f'{gen["depth_agreement"]:.3f}, co-visible {gen["covisible"]:.3f}',
-        f'  true views: colour PSNR {ceil["psnr"]:.2f} dB, depth agreement '
-        f'{ceil["depth_agreement"]:.3f}, co-visible {ceil["covisible"]:.3f}  (ceiling)',
-    ]
   print('\n'.join(lines), file=sys.stdout, flush=True)

@@ -612,8 +612,15 @@ def build_sampler(sample_config: Any, mesh_config: Any = None, *,
   return sampler, info
 
 
-def sample_and_export(config: Any, workdir: str) -> dict:
+def sample_and_export(config: Any, workdir: str, *,
+                      first_rgbd: Optional[np.ndarray] = None) -> dict:
   """The `sample` mode: generates view sets and writes DIR/samples/<run>/.
+
+  Args:
+    config: the config with `sample` (and optionally `mesh`) sections.
+    workdir: outputs go to workdir/samples/<run>/.
+    first_rgbd: optional [N, H, W, 4] view 0 of every instance in [0, 1] (data encoding), e.g.
+      true renders of unseen scenes; used instead of G_u (and of config.sample.source_image).
 
   Returns:
     The manifest (also written as manifest.json), including `consistency`.
@@ -627,14 +634,16 @@ def sample_and_export(config: Any, workdir: str) -> dict:
   if s.viewset not in VIEWSETS:
     raise errors.ConfigError('sample.viewset', f'unknown view set {s.viewset!r}',
                              f'use one of {VIEWSETS}')
-  from_photo = bool(s.get('source_image'))
+  from_photo = bool(s.get('source_image')) or first_rgbd is not None
   sampler, info = build_sampler(s, config.get('mesh'), need_uncond=not from_photo)
   ids = np.arange(s.num_instances)
   poses, views = viewset_views(s.viewset, seed=s.seed, instance_ids=ids, num_frames=s.num_frames,
                                custom_poses=s.custom_poses)
   num_classes = sampler.cond.model.num_classes or 0
   labels = instance_labels(s.label_mode, num_classes, s.seed, ids, tuple(s.labels))
-  first = load_source_view(s, sampler.resolution) if from_photo else None
+  first = first_rgbd
+  if first is None and from_photo:
+    first = load_source_view(s, sampler.resolution)
   frame_views = (video_path_views(s.video_path, s.viewset, s.video_frames)
                  if s.video and s.export else None)
 
