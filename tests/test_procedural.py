@@ -3,29 +3,9 @@ import numpy as np
 import pytest
 
 from ivd_jax.data import procedural
+from method_cameras import look_at, orbit  # pylint: disable=g-bad-import-order
 
 FOCAL = 0.5 / np.tan(np.deg2rad(22.5))
-
-
-def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) -> np.ndarray:
-  """OpenGL look-at (world -> camera), the same maths as geometry.cameras.look_at."""
-  eye, target, up = (np.asarray(x, np.float64) for x in (eye, target, up))
-  f = (target - eye) / np.linalg.norm(target - eye)
-  s = np.cross(f, up)
-  s /= np.linalg.norm(s)
-  u = np.cross(s, f)
-  m = np.eye(4)
-  m[0, :3], m[1, :3], m[2, :3] = s, u, -f
-  m[:3, 3] = -m[:3, :3] @ eye
-  return m
-
-
-def orbit(yaw, pitch=0.0, radius=1.0, target=(0.0, 0.0, 0.0)):
-  eye = radius * np.array([np.sin(yaw) * np.cos(pitch), np.sin(pitch),
-                           np.cos(yaw) * np.cos(pitch)])
-  return look_at(eye, target)
-
-
 SOURCE = look_at((0.0, 0.0, 1.0))
 
 

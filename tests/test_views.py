@@ -3,12 +3,13 @@
 The networks are the converted reference fixture (adm_small_uncond: 32 px, 1.42 M parameters,
 random weights) as G_u and its 10-channel widening as G_c, run through a whole 27-view sequence.
 """
-import math
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
+
+import method_cameras  # pylint: disable=g-bad-import-order
 
 from ivd_jax import errors
 from ivd_jax.geometry import cameras
@@ -28,16 +29,7 @@ SLOTS = 27
 
 def _method_view(yaw, pitch, radius):
   """METHOD 2 written out: eye on the orbit, OpenGL look-at the origin with up (0, 1, 0)."""
-  eye = radius * np.array([math.sin(yaw) * math.cos(pitch), math.sin(pitch),
-                           math.cos(yaw) * math.cos(pitch)])
-  f = -eye / np.linalg.norm(eye)
-  s = np.cross(f, [0.0, 1.0, 0.0])
-  s /= np.linalg.norm(s)
-  u = np.cross(s, f)
-  m = np.eye(4)
-  m[0, :3], m[1, :3], m[2, :3] = s, u, -f
-  m[:3, 3] = -m[:3, :3] @ eye
-  return m
+  return method_cameras.orbit(yaw, pitch, radius)
 
 
 def _check_views(poses, views):
