@@ -61,7 +61,7 @@ def _batch(n: int, res: int, num_classes: int = 0) -> dict[str, np.ndarray]:
   return {'rgbd': (rgbd * 2 - 1).astype(np.float32), 'label': labels.astype(np.int32)}
 
 
-def _one_step(config, mesh, batch):
+def _one_step(config, mesh, batch, steps=1):
   with jax.set_mesh(mesh):
     model = train.unet_lib.unet_from_config(config.model)
     tx = state_lib.make_optimizer(config.optim)
@@ -70,7 +70,8 @@ def _one_step(config, mesh, batch):
     step = jax.jit(train.make_train_step(model, tx, config),
                    in_shardings=(shardings, {'rgbd': bs, 'label': bs}),
                    out_shardings=(shardings, shard_lib.replicated(mesh)), donate_argnums=(0,))
-    state, metrics = step(state, jax.device_put(batch, bs))
+    for _ in range(steps):
+      state, metrics = step(state, jax.device_put(batch, bs))
     sharded = sum(1 for x in jax.tree.leaves(state.params)
                   if len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated)
     return jax.device_get(state.params), jax.device_get(metrics), sharded
@@ -129,6 +130,34 @@ def test_conditional_step_builds_pairs_on_device():
   assert 0.1 < metrics['visible_fraction'] < 1.0
   # With a zero-initialised output the prediction is 0 everywhere: both regions see E[eps^2].
   assert 0.7 < metrics['loss_visible'] < 1.3 and 0.7 < metrics['loss_holes'] < 1.3
+
+
+def test_label_dropout_p_uncond():
+  """Classifier-free training: labels become the null label -1 with probability p_uncond."""
+  labels = jnp.arange(200_000) % 7
+  key = jax.random.key(3)
+  dropped = train.drop_labels(key, labels, 0.1)
+  assert abs(float(jnp.mean(dropped == -1)) - 0.1) < 0.003  # 6 sigma of a binomial mean
+  kept = dropped != -1
+  np.testing.assert_array_equal(dropped[kept], labels[kept])
+  assert not bool(jnp.any(train.drop_labels(key, labels, 0.0) == -1))
+  assert bool(jnp.all(train.drop_labels(key, labels, 1.0) == -1))
+  # Inside the step: p_uncond = 1 trains exactly the unconditional model (every label -1), and
+  # the labels do change the update when kept (the class embedding is live).
+  batch = _batch(8, 16, num_classes=4)
+  null = dict(batch, label=np.full((8,), -1, np.int32))
+  mesh = _mesh((1, 1), 1)
+  # Two steps: the zero-initialised output convs make the first update label-independent.
+  all_dropped, m_dropped, _ = _one_step(
+      small_config(False, num_classes=4, **{'diffusion.p_uncond': 1.0}), mesh, batch, steps=2)
+  config = small_config(False, num_classes=4, **{'diffusion.p_uncond': 0.0})
+  unconditional, m_null, _ = _one_step(config, mesh, null, steps=2)
+  conditional, _, _ = _one_step(config, mesh, batch, steps=2)
+  assert m_dropped['loss'] == m_null['loss']
+  for a, b in zip(jax.tree.leaves(all_dropped), jax.tree.leaves(unconditional)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(conditional), jax.tree.leaves(unconditional)))
 
 
 # ---------------------------------------------------------------------------------------------

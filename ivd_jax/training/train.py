@@ -186,6 +186,16 @@ def pair_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
               blur_sigma_max=p.blur_sigma_max, erosion_sizes=tuple(p.erosion_sizes))
 
 
+def drop_labels(key: jax.Array, labels: jax.Array, p_uncond: float) -> jax.Array:
+  """Each class label replaced by the null label -1 with probability p_uncond (METHOD 7).
+
+  Training on both makes one network the conditional and the unconditional model that
+  classifier-free guidance combines at sampling time.
+  """
+  drop = jax.random.uniform(key, labels.shape) < p_uncond
+  return jnp.where(drop, -1, labels.astype(jnp.int32))
+
+
 def make_train_step(model: unet_lib.UNet, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict
                     ) -> Callable[[state_lib.TrainState, dict[str, jax.Array]],
@@ -210,10 +220,7 @@ def make_train_step(model: unet_lib.UNet, tx: optax.GradientTransformation,
     t = jax.random.randint(k_t, (b,), 0, schedule.num_steps)
     noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
     x_t = losses.q_sample(schedule, x0, t, noise)
-    labels = None
-    if num_classes:
-      drop = jax.random.uniform(k_drop, (b,)) < p_uncond
-      labels = jnp.where(drop, -1, batch['label'].astype(jnp.int32))
+    labels = drop_labels(k_drop, batch['label'], p_uncond) if num_classes else None
     if conditional:
       pair = pairs_lib.make_training_pairs(x0, k_pair, **kwargs)
       net_in = conditioning.conditional_input(x_t, pair['y_rgb'], pair['y_depth'],
