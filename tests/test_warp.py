@@ -4,14 +4,18 @@ Figures measured with this implementation (jax 0.10.2, CPU) on the fixture subse
 (warp_subset.npz; truth = analytic co-visibility; reference = the authors' OpenGL code):
 
   case       | ours: min precision  recall  PSNR  | reference: min precision  recall  PSNR | min IoU
-  fw  128 px |       1.0000         0.907   28.9 |             1.0000         0.907   28.8 | 0.992
-  fbw 128 px |       0.9998         0.774   36.8 |             0.9998         0.781   35.9 | 0.971
-  fw   64 px |       1.0000         0.723   27.6 |             1.0000         0.721   27.5 | 0.978
-  fbw  64 px |       1.0000         0.703   28.9 |             0.9994         0.709   32.0 | 0.936
+  fw  128 px |       1.0000         0.9071  28.9 |             1.0000         0.9066  28.8 | 0.992
+  fbw 128 px |       0.9996         0.7811  34.9 |             0.9998         0.7807  35.9 | 0.989
+  fw   64 px |       1.0000         0.7230  27.6 |             1.0000         0.7210  27.5 | 0.978
+  fbw  64 px |       0.9987         0.7089  29.8 |             0.9994         0.7086  32.0 | 0.979
 (recall = mean over cases; PSNR in dB, pooled over each warp's own masks of the cases.)
 The issue's reference figures (88.4 % / 82.9 % recall, 27.3 / 33.4 dB) are means over the
 authors' full set; on this subset the reference itself reaches the recalls above, so recall is
-asserted against the reference on the same cases (within 0.01) and PSNR against 27.3 / 33.4 dB.
+asserted against the reference on the same cases (ours >= reference) and PSNR against 27.3 /
+33.4 dB. The fbw PSNR at 128 px fell from 36.8 dB when the forward pass began to read the surface
+at pixel centres: the mask now also keeps hard pixels that the reference keeps too (a one-pixel
+bright line that both warps blur), while on the pixels kept before and after the colour error
+fell (MSE 2.0e-4 -> 1.8e-4; at 64 px 1.26e-3 -> 0.99e-3).
 """
 import jax
 import jax.numpy as jnp
@@ -106,7 +110,7 @@ def test_against_reference_and_truth(fixture_scores, g, kind, ref_recall, ref_ps
   """Precision >= 0.995, recall >= the reference's, PSNR >= the reference's, IoU >= 0.85."""
   row = fixture_scores[g, kind]
   assert min(row['ours']['precision']) >= 0.995
-  assert row['ours']['recall'] >= row['ref']['recall'] - 0.01
+  assert row['ours']['recall'] >= row['ref']['recall']
   if ref_recall is not None:
     assert row['ours']['recall'] >= ref_recall
   if ref_psnr is not None:

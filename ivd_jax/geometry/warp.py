@@ -18,6 +18,13 @@ centre wins and brings its colour and flags. Then METHOD 4:
   the mean of the covered sub-pixels and its depth the centre sub-pixel's z-buffer value;
 * depth_edge removes pixels touched by 3 or more discontinuous neighbour pairs.
 
+forward_backward_warp refines this where its two passes need it. The forward pass, whose
+intermediate image is read at pixel centres only, lets a sample whose triangle covers its
+sub-pixel's centre beat any that does not (render_mesh centre_first): OpenGL shows the surface
+AT the centre, the nearest sample anywhere in the cell would favour the foreground at edges. The
+backward pass samples strongly stretched quads more densely (render_mesh refine), where K x K
+samples thin out to more than a sub-pixel apart.
+
 Vertices with NaN/inf depth produce no triangles at all, so they can never be visible, and every
 output is finite. Everything works on single examples; use jax.vmap for batches.
 """
@@ -45,12 +52,25 @@ FBW_BORDER = 3
 # no supersampling: one cell per pixel with 3 x 3 samples per quad (spacing 1/3 pixel).
 FBW_MID_SSAA = 1
 FBW_MID_SAMPLES = 3
+# The backward warp of forward_backward_warp samples quads stretched beyond STRETCHED_SUBPIXELS
+# (longest projected edge in sub-pixels; an unstretched quad spans ssaa) REFINE_SPLIT^2 times as
+# densely. There 5 x 5 samples thin out to over a sub-pixel apart, so coverage and the winning
+# triangles at surface edges drift from OpenGL's exact rasterisation (measured on the fixtures:
+# fbw recall -0.003; 7 x 7 samples on every quad recover the same but cost 37 % more CPU).
+# At most one quad in FBW_REFINE_SHARE is refined (the first in raster order; a fixed size, so
+# it stays jittable); the fixture views stretch 2-7 % of the quads that much.
+STRETCHED_SUBPIXELS = 5.0
+REFINE_SPLIT = 2
+FBW_REFINE_SHARE = 48
 # Relative depth within which splat samples count as the same surface of a sub-pixel.
 DEPTH_TIE = 2.0**-10
 _TIE_SHIFT = 23 - 10  # float32 has 23 mantissa bits; buckets keep the top 10
 # Buckets start at depth 1e-4 (below any clip plane); (bucket << 8 | distance) fits in int32.
 _BUCKET_OFFSET = int(np.array(1e-4, np.float32).view(np.int32)) >> _TIE_SHIFT
 _NO_KEY = np.iinfo(np.int32).max
+# Key bit of a sample whose triangle misses its sub-pixel's centre (render_mesh centre_first);
+# (bucket << 8 | distance) stays below 2^28.
+_OUTSIDE_BIT = 1 << 30
 
 
 def _materialize(x: jnp.ndarray) -> jnp.ndarray:
@@ -153,10 +173,71 @@ def shorter_diagonal(points: jnp.ndarray) -> jnp.ndarray:
   return (jnp.linalg.norm(c00 - c11, axis=-1) < jnp.linalg.norm(c01 - c10, axis=-1))
 
 
+@functools.lru_cache(maxsize=None)
+def _sub_quad_terms(split: int) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+  """Sub-quads of a split quad as quads of their own: per sub-quad, (diagonal A, diagonal B).
+
+  Sub-quad (i, j) covers s = s0 + s' / split, t = t0 + t' / split with s0 = j / split,
+  t0 = i / split. On it the quad's diagonal term m is m0 + (ms s' + mt t' + mc m') / split, with
+  m' the sub-quad's own diagonal term: a sub-quad on the split diagonal (mc = 1) is split like
+  its quad, any other lies in one triangle `tri` and is affine (mc = 0).
+  """
+  i, j = (x.reshape(-1).astype(np.float32) for x in np.meshgrid(
+      np.arange(split), np.arange(split), indexing='ij'))
+  s0, t0 = j / split, i / split
+  zero, one = np.zeros_like(s0), np.ones_like(s0)
+  # Diagonal A, m = min(s, t): on the diagonal s0 + min(s', t') / split; above it (j > i) t,
+  # below it s. Diagonal B, m = max(s + t - 1, 0): on the anti-diagonal max(s' + t' - 1, 0) /
+  # split; before it 0; after it s + t - 1.
+  on_a, on_b = i == j, i + j == split - 1
+  after_b = i + j > split - 1
+  terms = dict(
+      m0=(np.where(on_a, s0, np.where(j > i, t0, s0)), np.where(after_b, s0 + t0 - 1.0, zero)),
+      ms=(np.where(i > j, one, zero), np.where(after_b, one, zero)),
+      mt=(np.where(j > i, one, zero), np.where(after_b, one, zero)),
+      mc=(np.where(on_a, one, zero), np.where(on_b, one, zero)),
+      tri=(np.where(i > j, one, zero), np.where(after_b, one, zero)))
+  terms['s0'] = (s0, s0)
+  terms['t0'] = (t0, t0)
+  return {k: (a.astype(np.float32), b.astype(np.float32)) for k, (a, b) in terms.items()}
+
+
+def _stretched_quads(points: jnp.ndarray, quad_exists: jnp.ndarray, count: int, *, size: int,
+                     f: float, clip_near: float) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Flat ids [count] of the first quads (raster order) stretched beyond STRETCHED_SUBPIXELS.
+
+  Only quads in front of the clip plane whose projected bounding box meets the image count.
+  Returns the ids and whether each is a real one (fewer may qualify).
+  """
+  z = -points[..., 2]
+  ok = z > clip_near
+  inv_z = 1.0 / jnp.where(ok, z, 1.0)
+  col = (0.5 + f * points[..., 0] * inv_z) * size
+  row = (0.5 - f * points[..., 1] * inv_z) * size
+  foot = jnp.zeros(quad_exists.shape, jnp.float32)
+  for v in (col, row):
+    c00, c01, c10, c11 = _quad_corners(v)
+    for a, b in ((c00, c01), (c10, c11), (c00, c10), (c01, c11)):
+      foot = jnp.maximum(foot, jnp.abs(a - b))
+  q_ok = functools.reduce(jnp.logical_and, _quad_corners(ok)) & quad_exists
+  cols, rws = _quad_corners(col), _quad_corners(row)
+  lo = lambda cs: functools.reduce(jnp.minimum, cs)
+  hi = lambda cs: functools.reduce(jnp.maximum, cs)
+  q_ok = q_ok & (hi(cols) >= 0) & (lo(cols) < size) & (hi(rws) >= 0) & (lo(rws) < size)
+  stretched = (q_ok & (foot > STRETCHED_SUBPIXELS)).reshape(-1)
+  # The first `count` in raster order; top_k on minus the index is the cheapest such compaction
+  # on XLA CPU (a third of jnp.nonzero's cumsum).
+  num = stretched.shape[0]
+  key, ids = jax.lax.top_k(jnp.where(stretched, -jnp.arange(num, dtype=jnp.float32),
+                                     -2.0 * num), count)
+  return ids.astype(jnp.int32), key > -num
+
+
 def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
                 flags: Sequence[jnp.ndarray], *, resolution: int, fov_deg: float, ssaa: int,
                 diag_a: jnp.ndarray, clip_near: float = CLIP_NEAR, nearest: bool = False,
-                samples: int = 0) -> Dict[str, jnp.ndarray]:
+                samples: int = 0, centre_first: bool = False,
+                refine: int = 0) -> Dict[str, jnp.ndarray]:
   """Splats a grid mesh given in TARGET camera coordinates into an SSAA z-buffer.
 
   Args:
@@ -173,6 +254,11 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
     nearest: payload of the nearest grid vertex (the reference's GL_NEAREST texture lookup)
       instead of linear interpolation on the triangle.
     samples: K of the K x K samples per quad; 0 = samples_per_quad(ssaa).
+    centre_first: a sample whose triangle covers its sub-pixel's centre beats any that does
+      not, so a sub-pixel shows the nearest surface AT its centre (as OpenGL samples it) rather
+      than the nearest anywhere in it (which biases depth toward the foreground at edges).
+    refine: at most this many quads stretched beyond STRETCHED_SUBPIXELS (the first in raster
+      order) get REFINE_SPLIT^2 x K x K samples more, one K x K set per sub-quad.
 
   Returns:
     dict of per-sub-pixel [S, S] arrays (S = ssaa N): depth (planar; +inf where nothing was
@@ -200,20 +286,46 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
     f0, f1 = _triangle_corners(_quad_corners(flag), diag_a)
     tri_flags.append(jnp.stack([f0[0] & f0[1] & f0[2], f1[0] & f1[1] & f1[2]], -1))
 
-  # Samples: [Q, K^2] positions on their triangles (exact: the mesh is piecewise linear).
-  # Written channel by channel with per-quad coefficients so that XLA CPU emits cheap vectorised
+  # Samples: [R, K^2] positions on their triangles (exact: the mesh is piecewise linear), one row
+  # per quad plus, with `refine`, REFINE_SPLIT^2 rows per refined quad, one per sub-quad, each
+  # written as a quad of its own (see _sub_quad_terms): every row samples the same static
+  # pattern, which keeps the sample loops as cheap as without refinement.
+  # Written channel by channel with per-row coefficients so that XLA CPU emits cheap vectorised
   # loops (it re-materialises these expressions inside every scatter/gather that reads them).
-  da = diag_a.reshape(-1, 1)
-  m = jnp.where(da, pattern['m_a'], pattern['m_b'])
-  s = pattern['s']
-  t = pattern['t']
   c00, c01, c10, c11 = (c.reshape(-1, 3) for c in corners)
-  coeff = lambda ch: (c00[:, ch:ch + 1], (c01 - c00)[:, ch:ch + 1], (c10 - c00)[:, ch:ch + 1],
-                      (c11 - c01 - c10 + c00)[:, ch:ch + 1])
-  interp = lambda k: k[0] + s * k[1] + t * k[2] + m * k[3]
-  px, py, pz = (interp(coeff(ch)) for ch in range(3))  # [Q, K^2] each
+  da = diag_a.reshape(-1, 1)
   tri_ex = tri_exists.reshape(-1, 2)
-  tri_is_1 = jnp.where(da, pattern['tri_a'].astype(bool), pattern['tri_b'].astype(bool))
+  num_quads = da.shape[0]
+  k0, ka, kb, kc = c00, c01 - c00, c10 - c00, c11 - c01 - c10 + c00
+  tri_pattern = jnp.where(da, pattern['tri_a'].astype(bool), pattern['tri_b'].astype(bool))
+  tri_is_1 = tri_pattern
+  rows = lambda x: x
+  if refine:
+    refined, refined_ok = _stretched_quads(points, tri_exists.any(-1), refine, size=size, f=f,
+                                           clip_near=clip_near)
+    nsub = REFINE_SPLIT * REFINE_SPLIT
+    rows = lambda x: jnp.concatenate([x, jnp.repeat(x[refined], nsub, axis=0)])
+    r_da = jnp.repeat(da[refined], nsub, axis=0)
+    terms = {key: jnp.where(r_da, np.tile(v[0], refine)[:, None], np.tile(v[1], refine)[:, None])
+             for key, v in _sub_quad_terms(REFINE_SPLIT).items()}
+    r0, ra, rb, rc = (jnp.repeat(x[refined], nsub, axis=0) for x in (k0, ka, kb, kc))
+    h = 1.0 / REFINE_SPLIT
+    k0 = jnp.concatenate([k0, r0 + terms['s0'] * ra + terms['t0'] * rb + terms['m0'] * rc])
+    ka = jnp.concatenate([ka, h * (ra + terms['ms'] * rc)])
+    kb = jnp.concatenate([kb, h * (rb + terms['mt'] * rc)])
+    kc = jnp.concatenate([kc, h * terms['mc'] * rc])
+    da = jnp.concatenate([da, r_da])
+    tri_ex = jnp.concatenate([tri_ex, jnp.repeat(tri_ex[refined] & refined_ok[:, None], nsub,
+                                                 axis=0)])
+    # Sub-quads off the split diagonal lie in one triangle.
+    tri_is_1 = jnp.concatenate([tri_pattern, jnp.where(
+        terms['mc'] > 0, jnp.where(r_da, pattern['tri_a'].astype(bool),
+                                   pattern['tri_b'].astype(bool)), terms['tri'] > 0)])
+  m = jnp.where(da, pattern['m_a'], pattern['m_b'])
+  s, t = pattern['s'], pattern['t']
+  interp = lambda ch: (k0[:, ch:ch + 1] + s * ka[:, ch:ch + 1] + t * kb[:, ch:ch + 1]
+                       + m * kc[:, ch:ch + 1])
+  px, py, pz = (interp(ch) for ch in range(3))  # [R, K^2] each
   sample_exists = jnp.where(tri_is_1, tri_ex[:, 1:], tri_ex[:, :1])
 
   z = -pz
@@ -237,12 +349,28 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
   # the colour at the centre, as OpenGL samples it, and the choice does not depend on float
   # rounding of coplanar samples (sharded == unsharded).
   drawn = jnp.isfinite(z)
+  if centre_first:
+    # The centre ray of the sample's sub-pixel is inside its triangle when the three edge
+    # planes through the camera centre see it on the same side.
+    ray_x = ((col_i + 0.5) / size - 0.5) / f
+    ray_y = (0.5 - (row_i + 0.5) / size) / f
+    side = []
+    for (a0, b0), (a1, b1) in zip(((tri0[0], tri0[1]), (tri0[1], tri0[2]), (tri0[2], tri0[0])),
+                                  ((tri1[0], tri1[1]), (tri1[1], tri1[2]), (tri1[2], tri1[0]))):
+      e0 = rows(jnp.cross(a0, b0).reshape(-1, 3))
+      e1 = rows(jnp.cross(a1, b1).reshape(-1, 3))
+      e = [jnp.where(tri_is_1, e1[:, ch:ch + 1], e0[:, ch:ch + 1]) for ch in range(3)]
+      side.append(e[0] * ray_x + e[1] * ray_y - e[2])
+    inside = (((side[0] >= 0) & (side[1] >= 0) & (side[2] >= 0))
+              | ((side[0] <= 0) & (side[1] <= 0) & (side[2] <= 0))).reshape(-1)
   # Depth bucket = the float's exponent and top 10 mantissa bits (relative width 2^-10): a
   # logarithmic quantisation without a log per sample.
   bits = jax.lax.bitcast_convert_type(jnp.where(drawn, z, 1.0), jnp.int32)
   bucket = (bits >> _TIE_SHIFT) - _BUCKET_OFFSET
-  key = jnp.where(drawn, bucket * 256 + jnp.minimum(centre_dist * 512, 255).astype(jnp.int32),
-                  _NO_KEY)
+  key = bucket * 256 + jnp.minimum(centre_dist * 512, 255).astype(jnp.int32)
+  if centre_first:
+    key = jnp.where(inside, key, key | _OUTSIDE_BIT)
+  key = jnp.where(drawn, key, _NO_KEY)
   kbuf = jnp.full((dump + 1,), _NO_KEY, jnp.int32).at[idx].min(
       key, mode='promise_in_bounds').at[dump].set(-1)
   num = z.shape[0]
@@ -252,28 +380,36 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
       candidate, mode='promise_in_bounds')[:dump]
   kbuf = kbuf[:dump]
   # Planar depth of each sub-pixel's surface from its bucket (centre of the bucket).
+  bucket = (kbuf & ~_OUTSIDE_BIT) >> 8
   zbuf = jnp.where(kbuf < _NO_KEY, jax.lax.bitcast_convert_type(
-      (((kbuf >> 8) + _BUCKET_OFFSET) << _TIE_SHIFT) | (1 << (_TIE_SHIFT - 1)), jnp.float32),
-                   jnp.inf)
+      ((bucket + _BUCKET_OFFSET) << _TIE_SHIFT) | (1 << (_TIE_SHIFT - 1)), jnp.float32), jnp.inf)
   tri = tri_is_1.astype(jnp.int32)
 
   hit = win_id < num
   win_id = jnp.where(hit, win_id, 0)
   quad, ks = _divmod(win_id, kk)
   win_tri = jnp.asarray(tri).reshape(-1)[win_id]
+  ws = jnp.asarray(pattern['s'])[ks]
+  wt = jnp.asarray(pattern['t'])[ks]
+  if refine:
+    # Sub-quad coordinates of refined rows back to their quad's.
+    sub_row, sub = _divmod(jnp.maximum(quad - num_quads, 0), nsub)
+    sub_t, sub_s = _divmod(sub, REFINE_SPLIT)
+    is_sub = quad >= num_quads
+    ws = jnp.where(is_sub, (sub_s + ws) * h, ws)
+    wt = jnp.where(is_sub, (sub_t + wt) * h, wt)
+    quad = jnp.where(is_sub, refined[sub_row], quad)
   qr, qc = _divmod(quad, wv - 1)
   pay = payload.reshape(hv * wv, -1)
   v00 = _materialize(qr * wv + qc)
-  ws = jnp.asarray(pattern['s'])[ks]
-  wt = jnp.asarray(pattern['t'])[ks]
   if nearest:
     # Nearest texel of the interpolated texture coordinate, which on a pixel-grid mesh is the
     # quad corner nearest to (s, t) whichever triangle holds the sample (GL_NEAREST lookup).
     win_payload = pay[_materialize(v00 + (ws > 0.5) + (wt > 0.5) * wv)]
   else:
     p00, p01, p10, p11 = pay[v00], pay[v00 + 1], pay[v00 + wv], pay[v00 + wv + 1]
-    wm = jnp.where(diag_a.reshape(-1)[quad], jnp.asarray(pattern['m_a'])[ks],
-                   jnp.asarray(pattern['m_b'])[ks])[:, None]
+    wm = jnp.where(diag_a.reshape(-1)[quad], jnp.minimum(ws, wt),
+                   jnp.maximum(ws + wt - 1.0, 0.0))[:, None]
     ws, wt = ws[:, None], wt[:, None]
     win_payload = p00 + ws * (p01 - p00) + wt * (p10 - p00) + wm * (p11 - p01 - p10 + p00)
   win_payload = jnp.where(hit[:, None], win_payload, 0.0)
@@ -481,7 +617,8 @@ def forward_backward_warp(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jn
   colour = edge_pad(jnp.nan_to_num(rgbd[..., :3]))
   fwd = render_mesh(apply_transform(to_mid, src_pts), colour, edge_pad(exists),
                     [jnp.zeros(src_pts.shape[:2], bool)], resolution=n, fov_deg=fov_deg,
-                    ssaa=FBW_MID_SSAA, samples=FBW_MID_SAMPLES, diag_a=diag_a)
+                    ssaa=FBW_MID_SSAA, samples=FBW_MID_SAMPLES, diag_a=diag_a,
+                    centre_first=True)
   # The mid view as an image: mean colour of the covered sub-pixels, centre sub-pixel depth.
   # Pixels whose centre shows back-facing material stay as occluders but are flagged hidden.
   covered = fwd['hit'] & fwd['front']
@@ -498,5 +635,6 @@ def forward_backward_warp(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jn
   flag = cut_flags(mid_depth, mid_diag, atol=atol, rtol=rtol) | mid_hidden
   back = render_mesh(apply_transform(relative_transform(mid_view, src_view), mid_pts), mid_colour,
                      mid_exists, [flag], resolution=n, fov_deg=fov_deg, ssaa=ssaa,
-                     diag_a=mid_diag, nearest=True)
+                     diag_a=mid_diag, nearest=True,
+                     refine=(n - 1) ** 2 // FBW_REFINE_SHARE)
   return _resolve(back, 3, near=near, far=far, ssaa=ssaa, atol=atol, rtol=rtol)
