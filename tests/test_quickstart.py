@@ -30,10 +30,11 @@ def test_default_preset_is_the_readme_run():
   assert config.sample.viewset == '3x9' and config.sample.video
   # Exact procedural depth: views are lifted with the data's own encoding.
   assert (config.sample.near, config.sample.far) == (config.data.near, config.data.far)
-  # The full-generation run keeps the reference's condition edits; the novel-view run pins the
-  # visible content to the warped condition.
-  assert (config.sample.replace_rgb, config.sample.replace_depth) == (0.1, 0.2)
-  assert (config.novel.replace_rgb, config.novel.replace_depth) == (1.0, 1.0)
+  # Minutes of training: the condition edits pin the visible content to the warped condition
+  # (both runs), view 0 is the reference's 1000 DDPM steps with predicted x_0 clipped.
+  assert (config.sample.replace_rgb, config.sample.replace_depth) == (1.0, 1.0)
+  assert (config.sample.sampler_uncond, config.sample.steps_uncond) == ('ddpm', 1000)
+  assert config.sample.clip_denoised
   assert config.novel.run_name != config.sample.run_name
 
 

@@ -45,6 +45,8 @@ def stage_config(config: ml_collections.ConfigDict, workdir: str, *,
   c.mesh = ml_collections.ConfigDict(config.mesh.to_dict())
   for key, value in (config.train_cond if conditional else config.train_uncond).items():
     c.train[key] = value
+  for key, value in config.get('optim', {}).items():
+    c.optim[key] = value
   # One checkpoint at the end (resume granularity is a whole stage on this small run), no
   # periodic preview grids: the sampled view sets are the pictures.
   c.checkpoint.every_steps = c.train.num_steps
@@ -109,12 +111,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   timings['sample_full_s'] = time.perf_counter() - t0
 
   # Novel views of unseen scenes: view 0 is the TRUE render of a held-out procedural scene (the
-  # photo-start path of sample mode). G_c runs with the METHOD 7 condition edits at weight 1.0
-  # (config.novel): networks trained for minutes on a CPU do not yet follow their condition
-  # closely (their visible-region loss with and without the condition differs by a few per
-  # cent), so at the reference's weights (0.1 / 0.2) the visible content drifts into noise. At
-  # weight 1.0 the warped condition is kept wherever it is visible and G_c only fills the newly
-  # revealed holes, so the fusion video shows the held-out scene turning in 3D.
+  # photo-start path of sample mode); G_c with the same settings as the full generation. The
+  # quickstart's condition edits are 1.0 (configs/quickstart.py): networks trained for minutes
+  # on a CPU barely follow their condition (their visible-region loss with and without it differs
+  # by a few per cent), so at the reference's weights (0.1 / 0.2) the visible content drifts; at
+  # 1.0 it is kept wherever it is visible and G_c only fills the newly revealed holes.
   t0 = time.perf_counter()
   novel_sample = _novel_sample_config(config)
   n = novel_sample.num_instances
@@ -192,7 +193,7 @@ def _sample_config(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _novel_sample_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.sample with the overrides of config.novel (edit weights, run name, instances)."""
+  """config.sample with the overrides of config.novel (run name, instances, ...)."""
   sample = ml_collections.ConfigDict(config.sample.to_dict())
   for key, value in config.novel.items():
     sample[key] = value

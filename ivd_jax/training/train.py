@@ -308,7 +308,12 @@ def params_from_init_from(config: ml_collections.ConfigDict, abstract_params: An
 # =============================================================================================
 def make_preview_fn(model: unet_lib.UNet, config: ml_collections.ConfigDict
                     ) -> Callable[..., jax.Array]:
-  """DDIM samples from EMA params: G_u from noise, G_c from the given conditions with edits."""
+  """DDIM samples from EMA params: G_u from noise, G_c from the given conditions with edits.
+
+  Predicted x_0 is clipped to [-1, 1] at every step: a young network's few-step DDIM otherwise
+  amplifies its eps error at large t (x_0 = x_t / sqrt(abar_t) - ..., 1 / sqrt(abar_999) ~ 156)
+  into saturated noise, and the previews would hide how far training has come.
+  """
   schedule = make_schedule(config)
   steps = int(config.log.sample_steps)
   num_classes = int(config.model.num_classes or 0)
@@ -321,12 +326,13 @@ def make_preview_fn(model: unet_lib.UNet, config: ml_collections.ConfigDict
     labels = (jnp.arange(n) % num_classes).astype(jnp.int32) if num_classes else None
     net = lambda x, t: model.apply({'params': ema_params}, x, t, labels)
     if cond is None:
-      return samplers.ddim_sample(net, x_T, schedule=schedule, steps=steps)
+      return samplers.ddim_sample(net, x_T, schedule=schedule, steps=steps, clip_denoised=True)
     eps_fn = conditioning.conditional_eps_fn(net, cond['y_rgb'], cond['y_depth'],
                                              cond['mask_rgb'], cond['mask'], key=k_hole)
     edits = samplers.ConditionEdits(cond['y_rgb'], cond['y_depth'], cond['mask_rgb'],
                                     cond['mask'])
-    return samplers.ddim_sample(eps_fn, x_T, schedule=schedule, steps=steps, edits=edits)
+    return samplers.ddim_sample(eps_fn, x_T, schedule=schedule, steps=steps, edits=edits,
+                                clip_denoised=True)
 
   return jax.jit(preview)
 
