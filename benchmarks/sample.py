@@ -10,6 +10,10 @@ classifier-free guidance. A full view set runs more steps than a CPU allows, so 
 per-aggregation times are measured and the 27-view set is extrapolated (and labelled so):
   view 0 = 1000 DDPM steps of G_u (same network cost as a G_c step),
   views 1..26 = aggregation + 50 DDIM steps of G_c each.
+`--fit_batches=1,2,4,...` instead compiles the step for each batch and reads XLA's memory analysis
+(arguments + outputs + temporaries, donated buffers counted once) against the device's memory
+(accelerators: memory_stats()['bytes_limit']; CPU: physical RAM), reporting the largest batch that
+fits without running it.
 Prints one JSON line per case. Never asserts a time.
 """
 import argparse
@@ -44,6 +48,48 @@ def _timed(fn, *args):
   return out, time.perf_counter() - t0, time.process_time() - c0
 
 
+def _call_args(sampler, b: int, res: int) -> tuple:
+  """Arguments of the sampler step generating view 26 of a 3x9 set for b instances."""
+  poses = cameras.viewset_poses('3x9')
+  views = jnp.broadcast_to(cameras.views_from_poses(poses), (b, NUM_VIEWS, 4, 4))
+  rng = np.random.default_rng(0)
+  buffer = jnp.asarray(rng.uniform(0.2, 0.8, (b, NUM_VIEWS, res, res, 4)), jnp.float32)
+  keys = views_lib.instance_keys(0, np.arange(b))
+  labels = jnp.zeros((b,), jnp.int32)
+  n = NUM_VIEWS - 1
+  valid = jnp.arange(NUM_VIEWS) < n
+  return (sampler.cond_params, buffer, views, valid, views[:, n], jnp.int32(n), keys, labels)
+
+
+def _device_memory() -> int:
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'bytes_limit' in stats:
+    return int(stats['bytes_limit'])
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+
+def _fit(sampler, res: int, batches: list) -> None:
+  """Peak memory of the compiled step per batch (XLA's analysis) and the largest that fits."""
+  limit = _device_memory()
+  fits = 0
+  for b in batches:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            _call_args(sampler, b, res))
+    t0 = time.perf_counter()
+    mem = sampler._next_view.lower(*abstract).compile().memory_analysis()  # pylint: disable=protected-access
+    compile_s = time.perf_counter() - t0
+    peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes)
+    fits = b if peak <= limit else fits
+    print(json.dumps(dict(case='fit', batch=b, peak_gib=round(peak / 2**30, 2),
+                          temp_gib=round(mem.temp_size_in_bytes / 2**30, 2),
+                          device_memory_gib=round(limit / 2**30, 1), fits=peak <= limit,
+                          compile_s=round(compile_s, 1), resolution=res,
+                          device=jax.devices()[0].device_kind, jax=jax.__version__)), flush=True)
+  print(json.dumps(dict(case='largest_batch_that_fits', batch=fits,
+                        device_memory_gib=round(limit / 2**30, 1))))
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--preset', default='imagenet128', choices=presets.PRESETS)
@@ -52,6 +98,8 @@ def main() -> None:
   parser.add_argument('--resolution', type=int, default=0, help='0 = the preset resolution')
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--fit_batches', default='',
+                      help='e.g. 1,2,4,8,16: compile only and report the largest batch that fits')
   args = parser.parse_args()
 
   model_cfg = presets.train_config(args.preset, conditional=True).model
@@ -75,17 +123,13 @@ def main() -> None:
                             devices=jax.devices()[:1])
   sampler = views_lib.ViewSampler(None, views_lib.Network(model, params), settings, mesh=mesh)
 
+  if args.fit_batches:
+    _fit(sampler, res, [int(v) for v in args.fit_batches.split(',')])
+    return
   b = args.batch
-  poses = cameras.viewset_poses('3x9')
-  views = jnp.broadcast_to(cameras.views_from_poses(poses), (b, NUM_VIEWS, 4, 4))
-  rng = np.random.default_rng(0)
-  buffer = jnp.asarray(rng.uniform(0.2, 0.8, (b, NUM_VIEWS, res, res, 4)), jnp.float32)
-  keys = views_lib.instance_keys(0, np.arange(b))
-  labels = jnp.zeros((b,), jnp.int32)
+  call_args = _call_args(sampler, b, res)
+  buffer, views, valid = call_args[1], call_args[2], call_args[3]
   n = NUM_VIEWS - 1
-  valid = jnp.arange(NUM_VIEWS) < n
-  call_args = (sampler.cond_params, buffer, views, valid, views[:, n], jnp.int32(n), keys,
-               labels)
 
   # Compile the sampler step (aggregation + G_c DDIM) and the aggregation alone.
   t0 = time.perf_counter()
