@@ -9,12 +9,17 @@ on procedural RGBD images. Timings are never asserted; see benchmarks/README.md.
 """
 import argparse
 import json
+import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Runnable as a script from anywhere: the repository root goes on the path first.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from ivd_jax.data import pairs
 from ivd_jax.data import procedural
 from ivd_jax.geometry import cameras
@@ -22,6 +27,7 @@ from ivd_jax.training import presets
 from ivd_jax.training import sharding as shard_lib
 from ivd_jax.training import state as state_lib
 from ivd_jax.training import train
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def case_config(name: str):
