@@ -43,10 +43,9 @@ def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
   config.data.dir = ''  # '' = WORKDIR/data
   # One network shape for G_u and G_c (in_channels is set per stage).
   config.model = base.model
-  # Per-stage overrides of the `train`, `optim`, `checkpoint` and `log` sections of
-  # ivd_jax.training.presets.train_config('tiny').
-  # Batch 8 at twice the tiny preset's learning rate: more updates per CPU-second, which is what
-  # a minutes-long run is short of.
+  # Overrides of ivd_jax.training.presets.train_config('tiny'): `train` per stage, `optim` for
+  # both. Batch 8 at twice the tiny preset's learning rate: more updates per CPU-second, which is
+  # what a minutes-long run is short of.
   config.train_uncond = ml_collections.ConfigDict({'num_steps': 1000, 'batch_size': 8})
   config.train_cond = ml_collections.ConfigDict({'num_steps': 400, 'batch_size': 8})
   config.optim = ml_collections.ConfigDict({'lr': 1e-3})  # both stages
