@@ -92,5 +92,8 @@ def test_pairs_identical_under_batch_sharding(batch):
   with jax.set_mesh(mesh):
     sharded = jax.jit(lambda x: pairs.make_training_pairs(x, key, near=0.5, far=100.0),
                       in_shardings=sharding, out_shardings=sharding)(x)
+  # Masks (every warp and erosion decision) are identical; colour and depth agree to float
+  # rounding (XLA may fuse the blur differently per shard shape: <= 5e-6 seen with jax 0.12).
   for name in out:
-    np.testing.assert_allclose(np.asarray(sharded[name]), out[name], atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(np.asarray(sharded[name]), out[name], err_msg=name,
+                               atol=0 if name.startswith('mask') else 1e-5)
