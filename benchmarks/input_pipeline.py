@@ -23,13 +23,15 @@ import tempfile
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from configs import prepare as prepare_config  # pylint: disable=wrong-import-position
-from ivd_jax.data import builders  # pylint: disable=wrong-import-position
+from ivd_jax import parallel  # pylint: disable=wrong-import-position
 from ivd_jax.data import pipeline  # pylint: disable=wrong-import-position
+from ivd_jax.pipelines import prepare  # pylint: disable=wrong-import-position
 
 
 def _emit(**record):
@@ -70,7 +72,7 @@ def bench_prepare(root: pathlib.Path, resolution: int, num: int, workers: int, s
   out = root / f'{source}_{resolution}_{workers}'
   config.data.dir = str(out / 'data')
   start, cpu_start = time.perf_counter(), time.process_time()
-  summary = builders.prepare(config, str(out))
+  summary = prepare.run(config, str(out))
   seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
   extra = {}
   if workers <= 1:  # all work in this process: CPU time per example is independent of load
@@ -103,8 +105,7 @@ def bench_pipeline(path: pathlib.Path, resolution: int, batch: int, workers: int
   config.data.flip = True
   config.data.num_workers = workers
   devices = jax.device_count()
-  mesh = jax.make_mesh((devices, 1), ('data', 'fsdp'),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  mesh = parallel.make_mesh(ml_collections.ConfigDict({'shape': (devices, 1)}))
   it = pipeline.create_input_iterator(config.data, global_batch_size=batch, mesh=mesh, seed=0)
   for _ in range(3):  # warm-up: worker start, first reads
     jax.block_until_ready(next(it)['rgbd'])

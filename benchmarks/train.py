@@ -4,8 +4,8 @@
 
 Prints one JSON line per case: seconds per step, examples per second, parameter count and, for
 G_c, seconds of make_training_pairs alone and its share of the step. Runs the real jitted step
-(train.make_train_step: eps loss, AdamW, EMA; G_c pairs built inside) on one device, float32,
-on procedural RGBD images. Timings are never asserted; see benchmarks/README.md.
+(training.step.make_train_step: eps loss, AdamW, EMA; G_c pairs built inside) on one device,
+float32, on procedural RGBD images. Timings are never asserted; see benchmarks/README.md.
 """
 import argparse
 import json
@@ -20,21 +20,21 @@ import numpy as np
 # Runnable as a script from anywhere: the repository root goes on the path first.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.data import pairs
+from configs import common
+from ivd_jax import parallel as shard_lib
+from ivd_jax import roles
 from ivd_jax.data import procedural
 from ivd_jax.geometry import cameras
-from ivd_jax.training import presets
-from ivd_jax.training import sharding as shard_lib
 from ivd_jax.training import state as state_lib
-from ivd_jax.training import train
+from ivd_jax.training import step as step_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def case_config(name: str):
   """tiny_*: the tiny preset (32 px); cat64_*: the single-category network at 64 px."""
   shape, kind = name.split('_')
-  config = presets.train_config('tiny' if shape == 'tiny' else 'dogs128',
-                                conditional=kind == 'gc')
+  config = common.train_config('tiny' if shape == 'tiny' else 'dogs128',
+                               role='cond' if kind == 'gc' else 'uncond')
   config.mesh.shape = (1, 1)
   config.model.dtype = 'float32'
   if shape == 'cat64':
@@ -61,13 +61,13 @@ def run_case(name: str, repeats: int) -> dict:
                    for i in range(b)]) * 2 - 1
   mesh = shard_lib.make_mesh(config.mesh, devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
-    model = train.unet_lib.unet_from_config(config.model)
+    model = roles.role_of(config).network(config.model)
     tx = state_lib.make_optimizer(config.optim)
-    state, shardings = train.init_state(model, tx, config, mesh)
+    state, shardings = step_lib.init_state(model, tx, config, mesh)
     bs = shard_lib.batch_sharding(mesh)
     batch = jax.device_put({'rgbd': jnp.asarray(rgbd, jnp.float32),
                             'label': jnp.full((b,), -1, jnp.int32)}, bs)
-    step = jax.jit(train.make_train_step(model, tx, config),
+    step = jax.jit(step_lib.make_train_step(model, tx, config),
                    in_shardings=(shardings, {'rgbd': bs, 'label': bs}),
                    out_shardings=(shardings, shard_lib.replicated(mesh)), donate_argnums=(0,))
     t0 = time.perf_counter()
@@ -85,9 +85,9 @@ def run_case(name: str, repeats: int) -> dict:
                   params=state_lib.param_count(holder['state'].params),
                   s_per_step=round(s_per_step, 4), examples_per_s=round(b / s_per_step, 2),
                   first_step_s=round(compile_s, 2), device=jax.devices()[0].device_kind)
-    if train.is_conditional(config):
-      kwargs = train.pair_kwargs(config)
-      make = jax.jit(lambda x, k: pairs.make_training_pairs(x, k, **kwargs))
+    role = roles.role_of(config)
+    if role.make_condition is not None:
+      make = jax.jit(lambda x, k: role.make_condition(x, k, config))
       key = jax.random.PRNGKey(0)
       pair_s = _timed(lambda: make(batch['rgbd'], key), repeats)
       result.update(pairs_s=round(pair_s, 4), pairs_share=round(pair_s / s_per_step, 3))

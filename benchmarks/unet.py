@@ -83,9 +83,12 @@ def bench_jax(name: str, repeats: int, sampler: bool) -> list:
 
   @jax.jit
   def train_step(params, opt_state, x0, key):
-    def loss_fn(p):
-      return losses.eps_loss(lambda x, t: model.apply({'params': p}, x, t), x0, schedule=sched,
-                             key=key)
+    def loss_fn(p):  # the epsilon loss, as training/step.py and the torch step compute it
+      t_key, n_key = jax.random.split(key)
+      t = jax.random.randint(t_key, (BATCH,), 0, sched.num_steps)
+      noise = jax.random.normal(n_key, x0.shape)
+      eps = model.apply({'params': p}, losses.q_sample(sched, x0, t, noise), t)
+      return jnp.mean(jnp.square(eps - noise))
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss

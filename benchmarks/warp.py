@@ -4,11 +4,11 @@ r"""Forward-backward warp throughput (the G_c training-pair hot path); one JSON 
   .venv/bin/python benchmarks/warp.py --sizes 128 --batches 8 --repeats 5
 
 Each case jits jax.vmap(forward_backward_warp) over a batch of exactly rendered procedural scenes
-and random training views (METHOD 5), reports the compile time (first call minus a steady call),
-the median seconds per batch after compilation, ms per image / images per second, and the
-process CPU time per image (all threads; the load-independent figure on a shared machine). Cases
-whose batch would hold more than --max_pixels pixels (256 px x 32 by default) are skipped so
-the whole run stays within a few minutes on a 2-core CPU. Never asserts a time.
+and random training views (docs/method.md §5), reports the compile time (first call minus a
+steady call), the median seconds per batch after compilation, ms per image / images per second,
+and the process CPU time per image (all threads; the load-independent figure on a shared
+machine). Cases whose batch would hold more than --max_pixels pixels (256 px x 32 by default) are
+skipped so the whole run stays within a few minutes on a 2-core CPU. Never asserts a time.
 """
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def main(argv=None):
   args = parser.parse_args(argv)
   fbw = jax.jit(jax.vmap(lambda r, v: warp.forward_backward_warp(
       r, cameras.SOURCE_VIEW, v, near=0.5, far=100.0)))
-  info = dict(machine=f'{os.cpu_count()}-core {platform.machine()} CPU', backend=jax.default_backend(),
-              jax=jax.__version__, python=platform.python_version())
+  info = dict(machine=f'{os.cpu_count()}-core {platform.machine()} CPU',
+              backend=jax.default_backend(), jax=jax.__version__,
+              python=platform.python_version())
   for size in args.sizes:
     for batch in args.batches:
       case = dict(bench='forward_backward_warp', size=size, batch=batch, ssaa=3, **info)

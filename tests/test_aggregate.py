@@ -1,4 +1,4 @@
-"""Aggregated conditioning (METHOD 8) against the reference's agg64 fixture.
+"""Aggregated conditioning (docs/method.md §8) against the reference's agg64 fixture.
 
 Measured (jax 0.10.2, CPU), view 2 aggregated from views 0 and 1 (near 0.6, far 5, 0.03):
   ours:      mask precision 1.000, recall 0.622, colour PSNR in mask_rgb 31.9 dB

@@ -1,4 +1,5 @@
-"""Cameras of METHOD 2 against the reference's matrices (warp_subset fixtures) and the view sets."""
+"""Cameras of docs/method.md §2 against the reference's matrices (warp_subset fixtures) and the
+view sets."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,7 +48,7 @@ def test_unproject_matches_reference_mesh(fixtures_dir):
 
 
 def test_random_training_view_distribution():
-  """METHOD 5: yaw, pitch ~ N(0, .15^2), r ~ 1 + N(0, .1^2); jittable and keyed."""
+  """docs/method.md §5: yaw, pitch ~ N(0, .15^2), r ~ 1 + N(0, .1^2); jittable and keyed."""
   keys = jax.random.split(jax.random.key(0), 4000)
   views = jax.jit(jax.vmap(cameras.random_training_view))(keys)
   eyes = np.asarray(jax.vmap(cameras.camera_center)(views))

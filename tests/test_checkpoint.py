@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ivd_jax import errors
-from ivd_jax.training import checkpoint as ckpt_lib
-from ivd_jax.training import sharding as shard_lib
+from ivd_jax import checkpoint as ckpt_lib
+from ivd_jax import parallel as shard_lib
 from ivd_jax.training import state as state_lib
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from ivd_jax.data import procedural
 from ivd_jax.evaluation import consistency
+from ivd_jax.evaluation import metrics
 from ivd_jax.geometry import cameras
 
 # 32 px and the quickstart's settings: the compiled metric is shared with test_quickstart.
@@ -54,7 +55,11 @@ def test_true_views_are_consistent_and_corrupted_views_are_not(true_sets, views)
   good = consistency.pairwise_consistency(true_sets[:1], views, near=NEAR, far=FAR)
   assert bad['psnr'] < good['psnr'] - 10.0
   assert bad['depth_agreement'] < good['depth_agreement'] - 0.4
-  # procedural_ceiling renders the same truth itself.
-  ceiling = consistency.procedural_ceiling([3, 4], views, RES, near=NEAR, far=FAR)
-  np.testing.assert_allclose(ceiling['psnr'], truth['psnr'], rtol=1e-5)
-  np.testing.assert_allclose(ceiling['covisible'], truth['covisible'], rtol=1e-5)
+
+
+def test_psnr_pools_squared_error():
+  # Two images with MSE 0.01 and 0.0001 pooled: MSE 0.00505 -> 22.97 dB, not the mean of 20 and
+  # 40 dB.
+  np.testing.assert_allclose(metrics.psnr(0.01 * 12 + 0.0001 * 12, 24), 22.967, atol=1e-3)
+  assert metrics.psnr(0.0, 5) == float('inf')
+  assert np.isnan(metrics.psnr(0.0, 0))

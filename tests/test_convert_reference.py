@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ivd_jax import checkpoint
 from ivd_jax.errors import UserError
+from ivd_jax.models import unet as unet_lib
 from ivd_jax.tools import convert_reference
 
 TOL = 1e-4  # Issue 3: output and every intermediate within 1e-4 absolute.
@@ -78,7 +80,7 @@ def test_state_dict_mismatch_is_reported(reference):
 
 def test_widen_to_conditional_keeps_the_function(reference):
   params, model, x = reference['params'], reference['model'], reference['x']
-  wide = convert_reference.widen_to_conditional(params, 10)
+  wide = unet_lib.widen_input(params, 10)
   kernel = wide['input_blocks_0_0']['kernel']
   assert kernel.shape == (3, 3, 10, 32)
   np.testing.assert_array_equal(kernel[:, :, :4], params['input_blocks_0_0']['kernel'])
@@ -92,7 +94,6 @@ def test_widen_to_conditional_keeps_the_function(reference):
 
 def test_cli_writes_a_params_checkpoint(reference, fixtures_dir, tmp_path):
   torch = pytest.importorskip('torch')
-  checkpoint = pytest.importorskip('ivd_jax.training.checkpoint')
   pt = tmp_path / 'ema.pt'
   torch.save({'module.' + k: torch.from_numpy(np.array(v))
               for k, v in reference['state_dict'].items()}, pt)

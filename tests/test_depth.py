@@ -1,4 +1,4 @@
-"""Depth encodings of METHOD 3."""
+"""Depth encodings of docs/method.md §3."""
 import jax
 import jax.numpy as jnp
 import numpy as np

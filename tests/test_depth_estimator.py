@@ -10,6 +10,7 @@ import jax
 from ivd_jax import errors
 from ivd_jax.models import depth_estimator as de
 from ivd_jax.models import dpt
+from ivd_jax.io import ingest
 
 torch = pytest.importorskip('torch', reason='torch is needed for the PyTorch cross-check')
 transformers = pytest.importorskip('transformers', reason='transformers is needed')
@@ -164,11 +165,11 @@ def test_fit_scale_recovers_a_global_factor():
 
 
 def test_bad_inputs_are_user_errors(weights, tmp_path):
-  with pytest.raises(errors.ConfigError, match='weights'):
+  with pytest.raises(errors.FieldError, match='weights'):
     de.estimator()
   with pytest.raises(errors.UserError, match='not found'):
     de.estimator(weights=str(tmp_path / 'missing.npz'))
-  with pytest.raises(errors.ConfigError, match='normalization'):
+  with pytest.raises(errors.FieldError, match='normalization'):
     de.estimator(weights=weights, normalization='minmax')
   est = de.estimator(weights=weights, batch_size=1)
   with pytest.raises(errors.UserError, match='uint8'):
@@ -194,7 +195,8 @@ def test_prepare_with_estimator_on_photographs(weights, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from configs import prepare as prepare_config  # pylint: disable=g-import-not-at-top
-  from ivd_jax.data import builders  # pylint: disable=g-import-not-at-top
+  from ivd_jax.data import records  # pylint: disable=g-import-not-at-top
+  from ivd_jax.pipelines import prepare  # pylint: disable=g-import-not-at-top
   from ivd_jax.geometry import depth as depth_lib  # pylint: disable=g-import-not-at-top
   folder = tmp_path / 'photos'
   folder.mkdir()
@@ -212,7 +214,7 @@ def test_prepare_with_estimator_on_photographs(weights, tmp_path):
   config.data.estimator_resolution = 70
   config.data.estimator_batch_size = 4
   config.log.progress = False
-  summary = builders.prepare(config, str(tmp_path / 'work'))
+  summary = prepare.run(config, str(tmp_path / 'work'))
   assert summary['num_written'] == 3 and summary['num_skipped'] == 0
 
   source = tfds.builder_from_directory(str(tmp_path / 'work' / 'data')).as_data_source(
@@ -221,12 +223,12 @@ def test_prepare_with_estimator_on_photographs(weights, tmp_path):
   rows = {bytes(ex['file']).decode(): ex for ex in (source[i] for i in range(len(source)))}
   est = de.estimator(weights=weights, batch_size=4)
   for name in names:
-    zbuf = builders.zbuf_from_uint16(builders.decode_png(rows[name]['depth']))
+    zbuf = ingest.zbuf_from_uint16(records.decode_png(rows[name]['depth']))
     assert zbuf.shape == (32, 32) and np.isfinite(zbuf).all()
     assert 0.0 <= zbuf.min() and zbuf.max() <= 1.0 and zbuf.std() > 0.01
     with Image.open(folder / name) as image:  # the decoded JPEG, as prepare sees it
-      crop = builders.resize_crop_rgb(image.convert('RGB'), 70)
-    disp = builders.resize_crop_depth(est(crop[None])[0], 32)
+      crop = ingest.resize_crop_rgb(image.convert('RGB'), 70)
+    disp = ingest.resize_crop_depth(est(crop[None])[0], 32)
     want = np.asarray(depth_lib.zbuf_from_midas(disp, 0.5, 100.0))
     np.testing.assert_allclose(zbuf, want, atol=2e-5)  # 16-bit PNG quantisation
 

@@ -1,10 +1,15 @@
 """FID / IS / KID math, the reference-statistics cache, and sharded feature extraction."""
 import jax
+import ml_collections
 import numpy as np
 import pytest
+from scipy import linalg as scipy_linalg
+from scipy import ndimage
 
 from ivd_jax import errors
+from ivd_jax import parallel
 from ivd_jax.evaluation import fid
+from ivd_jax.evaluation import reference
 from ivd_jax.models import inception
 
 
@@ -21,7 +26,6 @@ def _random_features(rng, n, d, rank=None):
 
 def test_frechet_distance_matches_scipy_sqrtm_formula():
   """Equals pytorch-fid's formula (scipy sqrtm of S1 S2), full-rank and rank-deficient."""
-  scipy_linalg = pytest.importorskip('scipy.linalg')
   rng = np.random.default_rng(0)
   for n in (500, 40):  # 40 < d: singular covariances, as with few images
     f1 = _random_features(rng, n, 64)
@@ -95,17 +99,17 @@ def test_reference_cache(tmp_path):
 
   def compute():
     calls.append(1)
-    return fid.ReferenceStats.from_features(feats, {}, kid_max=12)
+    return reference.ReferenceStats.from_features(feats, {}, kid_max=12)
 
   path = str(tmp_path / 'ref.npz')
   meta = {'source': 'procedural', 'resolution': 64, 'num_images': 20}
-  stats, cached = fid.cached_reference(path, meta, compute)
+  stats, cached = reference.cached_reference(path, meta, compute)
   assert not cached and stats.features.shape == (12, 8) and stats.num_images == 20
-  again, cached = fid.cached_reference(path, dict(meta), compute)
+  again, cached = reference.cached_reference(path, dict(meta), compute)
   assert cached and len(calls) == 1
   np.testing.assert_array_equal(again.sigma, stats.sigma)
   np.testing.assert_allclose(again.mu, feats.astype(np.float64).mean(0))
-  _, cached = fid.cached_reference(path, {**meta, 'resolution': 128}, compute)
+  _, cached = reference.cached_reference(path, {**meta, 'resolution': 128}, compute)
   assert not cached and len(calls) == 2  # a changed dataset never reuses stale statistics
 
 
@@ -121,7 +125,6 @@ def params(inception_weights):
 
 @pytest.fixture(scope='module')
 def photos():
-  pytest.importorskip('skimage')
   from test_inception import load_photos  # pylint: disable=g-import-not-at-top
   return load_photos(128)[:8]
 
@@ -132,7 +135,6 @@ def extractor(params):
 
 
 def test_fid_rises_monotonically_with_corruption(extractor, photos):
-  ndimage = pytest.importorskip('scipy.ndimage')
   x = photos[:4].astype(np.float32)  # 4 photos x 7 versions = 28 images, 4 batches
   blurred = [ndimage.gaussian_filter(x, (0, s, s, 0)) for s in (1.0, 2.0, 4.0)]
   shifted = [np.roll(x, (s, s), axis=(1, 2)) for s in (4, 12, 32)]
@@ -148,8 +150,8 @@ def test_fid_rises_monotonically_with_corruption(extractor, photos):
 
 def test_sharded_extraction_equals_single_device(params, extractor, photos):
   assert extractor.mesh.devices.size == 8 == jax.device_count()
-  one = jax.make_mesh((1, 1), fid.BATCH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
-                      devices=jax.devices()[:1])
+  one = parallel.make_mesh(ml_collections.ConfigDict({'shape': (1, 1)}),
+                          devices=jax.devices()[:1])
   single = fid.FeatureExtractor(params, with_logits=False, batch_size=8, mesh=one)
   # 11 images: a full batch and a padded one, fed as uneven chunks.
   images = np.concatenate([photos, photos[:3, ::-1]])

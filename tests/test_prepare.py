@@ -6,6 +6,7 @@ import pathlib
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -14,11 +15,14 @@ import tensorflow_datasets as tfds
 
 from configs import prepare as prepare_config
 from ivd_jax import errors
-from ivd_jax.data import builders
+from ivd_jax import parallel
 from ivd_jax.data import pipeline
 from ivd_jax.data import procedural
+from ivd_jax.data import records
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import depth as depth_lib
+from ivd_jax.io import ingest
+from ivd_jax.pipelines import prepare
 
 RES = 32
 
@@ -31,8 +35,8 @@ def read_split(path, split='train'):
   rows = {}
   for i in range(len(source)):
     ex = dict(source[i])
-    ex['rgb'] = builders.decode_png(ex['rgb'])
-    ex['depth'] = builders.decode_png(ex['depth'])
+    ex['rgb'] = records.decode_png(ex['rgb'])
+    ex['depth'] = records.decode_png(ex['depth'])
     rows[ex['file'].decode()] = ex
   return rows
 
@@ -159,7 +163,7 @@ def photo_folder(tmp_path_factory):
 @pytest.fixture(scope='module')
 def folder_dataset(photo_folder, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('folder_work')
-  summary = builders.prepare(folder_config(photo_folder), str(workdir))
+  summary = prepare.run(folder_config(photo_folder), str(workdir))
   return workdir, summary
 
 
@@ -182,13 +186,13 @@ def test_folder_summary_counts_skips_and_classes(folder_dataset):
   assert any('resized to the image size 384x303' in n for n in notes['objects/coins.png'])
   assert summary['classes'] == ['animals', 'objects', 'space']
   assert summary['label_counts'] == {'-1': 1, '0': 2, '1': 6, '2': 1}
-  meta = builders.load_metadata(workdir / 'data')
+  meta = records.load_metadata(workdir / 'data')
   assert meta['classes'] == ['animals', 'objects', 'space'] and meta['resolution'] == RES
 
 
 def test_folder_examples_exact(folder_dataset, photo_folder):
-  """Labels by class folder; RGB = Lanczos short side + centre crop; depth = METHOD 3 of the
-  nearest-resized crop of the MiDaS disparity, to 16-bit rounding."""
+  """Labels by class folder; RGB = Lanczos short side + centre crop; depth = docs/method.md §3 of
+  the nearest-resized crop of the MiDaS disparity, to 16-bit rounding."""
   workdir, _ = folder_dataset
   rows = read_split(workdir / 'data')
   assert {f: int(r['label']) for f, r in rows.items()} == EXPECTED_WRITTEN
@@ -206,7 +210,7 @@ def test_folder_examples_exact(folder_dataset, photo_folder):
   cc = np.floor((np.arange(new_w) + 0.5) * w / new_w).astype(int)
   crop = disp[rr][:, cc][top:top + RES, left:left + RES]
   want_zbuf = np.asarray(depth_lib.zbuf_from_midas(crop, 0.5, 100.0))
-  got_zbuf = builders.zbuf_from_uint16(rows['animals/chelsea.png']['depth'])
+  got_zbuf = ingest.zbuf_from_uint16(rows['animals/chelsea.png']['depth'])
   np.testing.assert_allclose(got_zbuf, want_zbuf, atol=0.5 / 65535 + 1e-7)
   # The nearest point of the crop lands on the near plane (zbuf 0); depth grows upwards.
   assert got_zbuf.min() == 0.0 and got_zbuf[0].mean() > got_zbuf[-1].mean()
@@ -232,8 +236,7 @@ def test_folder_read_back_through_pipeline(folder_dataset):
   config = folder_config('unused')
   config.data.dir = str(workdir / 'data')
   config.data.num_classes = 3
-  mesh = jax.make_mesh((8, 1), ('data', 'fsdp'),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  mesh = parallel.make_mesh(ml_collections.ConfigDict({'shape': (8, 1)}))
   it = pipeline.create_input_iterator(config.data, global_batch_size=8, mesh=mesh, seed=0,
                                       shuffle=False, num_epochs=1)
   batch = next(it)
@@ -241,7 +244,7 @@ def test_folder_read_back_through_pipeline(folder_dataset):
   np.testing.assert_array_equal(np.asarray(batch['label']), [-1, 0, 0, 1, 1, 1, 1, 1])
   rows = read_split(workdir / 'data')
   first = rows['loose.png']
-  zbuf = builders.zbuf_from_uint16(first['depth'])[..., None]
+  zbuf = ingest.zbuf_from_uint16(first['depth'])[..., None]
   want = np.concatenate([first['rgb'] / 255.0, zbuf], -1) * 2 - 1
   np.testing.assert_allclose(np.asarray(batch['rgbd'][0]), want, atol=1e-6)
   with pytest.raises(StopIteration):
@@ -269,9 +272,18 @@ def test_config_errors_name_the_field(tmp_path, photo_folder, field, overrides, 
   if 'folder' not in overrides:
     overrides['folder'] = str(photo_folder)
   with pytest.raises(errors.ConfigError) as e:
-    builders.prepare(folder_config(**overrides), str(tmp_path))
+    prepare.run(folder_config(**overrides), str(tmp_path))
   assert e.value.field == field and needle in str(e.value)
   assert not (tmp_path / 'prepare_summary.json').exists()
+
+
+def test_missing_data_field_is_a_config_error(tmp_path, photo_folder):
+  """prepare has no fallback numbers: a data section without a field is reported, not filled."""
+  config = folder_config(photo_folder)
+  del config.data['max_invalid_depth']
+  with pytest.raises(errors.ConfigError, match='data_section') as e:
+    prepare.run(config, str(tmp_path))
+  assert e.value.field == 'data.max_invalid_depth'
 
 
 def test_empty_folder_is_an_error(tmp_path):
@@ -279,7 +291,7 @@ def test_empty_folder_is_an_error(tmp_path):
   (empty / 'sub').mkdir(parents=True)
   (empty / 'sub' / 'readme.txt').write_text('x')
   with pytest.raises(errors.ConfigError, match='contains no image files') as e:
-    builders.prepare(folder_config(empty), str(tmp_path / 'work'))
+    prepare.run(folder_config(empty), str(tmp_path / 'work'))
   assert e.value.field == 'data.folder'
 
 
@@ -308,9 +320,9 @@ def test_depth_maps_metric_png_and_inverse_npy(tmp_path):
                            depth_map_scale=scale,
                            dir=str(tmp_path / f'data_{kind}'))
     config.data.labels = 'none'
-    summary = builders.prepare(config, str(tmp_path / f'work_{kind}'))
+    summary = prepare.run(config, str(tmp_path / f'work_{kind}'))
     assert summary['num_written'] == 1 and summary['num_skipped'] == 1  # the other has no depth
-    got = builders.zbuf_from_uint16(read_split(tmp_path / f'data_{kind}')[name]['depth'])
+    got = ingest.zbuf_from_uint16(read_split(tmp_path / f'data_{kind}')[name]['depth'])
     crop = raw.astype(np.float32)[rr][:, cc][top:top + RES, left:left + RES].astype(np.float64)
     planar = crop * scale if kind == 'metric' else 1.0 / (crop * scale)
     want = np.asarray(depth_lib.zbuf_from_depth(planar, 0.5, 100.0))
@@ -343,15 +355,15 @@ def test_estimator_hook(tmp_path, monkeypatch):
   config = folder_config(images, depth='estimator', estimator='my_estimator:factory',
                          estimator_resolution=64, estimator_batch_size=2)
   config.data.estimator_kwargs = {'offset': 500.0}
-  summary = builders.prepare(config, str(tmp_path / 'work'))
+  summary = prepare.run(config, str(tmp_path / 'work'))
   assert summary['num_written'] == 2 and summary['num_skipped'] == 1
   row = read_split(tmp_path / 'work' / 'data')['astronaut.png']
   crop64 = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((64, 64), Image.LANCZOS))
   disp = (500.0 + 40.0 * crop64.mean(-1)).astype(np.float32)[1::2, 1::2]  # nearest 64 -> 32
   want = np.asarray(depth_lib.zbuf_from_midas(disp, 0.5, 100.0))
-  np.testing.assert_allclose(builders.zbuf_from_uint16(row['depth']), want, atol=1e-4)
+  np.testing.assert_allclose(ingest.zbuf_from_uint16(row['depth']), want, atol=1e-4)
   with pytest.raises(errors.ConfigError, match='cannot import'):
-    builders.prepare(folder_config(images, depth='estimator', estimator='no_such_mod:f'),
+    prepare.run(folder_config(images, depth='estimator', estimator='no_such_mod:f'),
                      str(tmp_path / 'work2'))
 
 
@@ -375,7 +387,7 @@ def procedural_config(out, **overrides):
 
 
 def test_procedural_examples_are_exact_renders(tmp_path):
-  summary = builders.prepare(procedural_config(tmp_path / 'data'), str(tmp_path))
+  summary = prepare.run(procedural_config(tmp_path / 'data'), str(tmp_path))
   assert summary['splits'] == {'train': 24, 'test': 2} and summary['num_skipped'] == 0
   assert summary['num_shards'] == {'train': 3, 'test': 1}
   train = read_split(tmp_path / 'data', 'train')
@@ -384,7 +396,7 @@ def test_procedural_examples_are_exact_renders(tmp_path):
   scene = procedural.sample_scene(int(row['scene_seed']))
   rgbd = procedural.render_rgbd(scene, cameras.SOURCE_VIEW, 16)
   np.testing.assert_array_equal(row['rgb'], np.round(rgbd[..., :3] * 255).astype(np.uint8))
-  np.testing.assert_array_equal(row['depth'], builders.zbuf_to_uint16(rgbd[..., 3]))
+  np.testing.assert_array_equal(row['depth'], ingest.zbuf_to_uint16(rgbd[..., 3]))
   assert row['label'] == -1 and row['novel_rgb'].shape == (0, 16, 16, 3)
 
   test = read_split(tmp_path / 'data', 'test')
@@ -398,27 +410,51 @@ def test_procedural_examples_are_exact_renders(tmp_path):
   for k in (0, 13, 25):
     rgbd = procedural.render_rgbd(scene, row['novel_view'][k], 16)
     np.testing.assert_array_equal(row['novel_rgb'][k], np.round(rgbd[..., :3] * 255))
-    np.testing.assert_array_equal(row['novel_depth'][k], builders.zbuf_to_uint16(rgbd[..., 3]))
+    np.testing.assert_array_equal(row['novel_depth'][k], ingest.zbuf_to_uint16(rgbd[..., 3]))
+
+
+def test_read_test_views_are_exact_renders(tmp_path):
+  """records.read_test_views: view 0 and the novel views of the test split, equal to rendering
+  procedural.scene_seed(seed, 1, i) from the stored cameras, to 8 / 16-bit rounding."""
+  out = tmp_path / 'data'
+  prepare.run(procedural_config(out, num_examples=8, num_eval_examples=3, seed=5,
+                                novel_viewset='swing'), str(tmp_path))
+  truth = records.read_test_views(str(out), 2)
+  v = truth['views'].shape[1]
+  assert truth['rgbd'].shape == (2, v, 16, 16, 4) and truth['rgbd'].dtype == np.float32
+  assert v == len(cameras.viewset_poses('swing'))
+  np.testing.assert_array_equal(truth['scene_seed'],
+                                [procedural.scene_seed(5, 1, i) for i in range(2)])
+  np.testing.assert_array_equal(truth['views'][:, 0], np.stack([cameras.SOURCE_VIEW] * 2))
+  np.testing.assert_allclose(truth['views'][0, 1:], np.asarray(cameras.views_from_poses(
+      cameras.viewset_poses('swing')))[1:], atol=1e-6)
+  for n, seed in enumerate(truth['scene_seed']):
+    scene = procedural.sample_scene(int(seed))
+    want = np.stack([procedural.render_rgbd(scene, view, 16) for view in truth['views'][n]])
+    np.testing.assert_allclose(truth['rgbd'][n, ..., :3], want[..., :3], atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(truth['rgbd'][n, ..., 3], want[..., 3], atol=0.5 / 65535 + 1e-7)
+  with pytest.raises(errors.UserError, match='split holds 3'):
+    records.read_test_views(str(out), 4)
 
 
 def test_resume_rewrites_only_missing_shards(tmp_path):
   out = tmp_path / 'data'
   config = procedural_config(out, num_eval_examples=0)
-  builders.prepare(config, str(tmp_path))
+  prepare.run(config, str(tmp_path))
   shards = sorted(out.glob('ivd_rgbd-train.array_record-*'))
   assert len(shards) == 3
   original = [s.read_bytes() for s in shards]
   mtimes = [s.stat().st_mtime_ns for s in shards]
   # An interrupted run: shard 1 was never finished (only its temporary file exists).
   shards[1].rename(shards[1].with_name(shards[1].name + '.tmp'))
-  (out / builders.STATE_DIR / 'train-00001.json').unlink()
-  summary = builders.prepare(config, str(tmp_path))
+  (out / records.STATE_DIR / 'train-00001.json').unlink()
+  summary = prepare.run(config, str(tmp_path))
   assert summary['resumed_examples'] == 16 and summary['num_written'] == 24
   assert [s.read_bytes() for s in shards] == original
   assert shards[0].stat().st_mtime_ns == mtimes[0] and shards[2].stat().st_mtime_ns == mtimes[2]
   assert not list(out.glob('*.tmp'))
   # A changed plan (more scenes) rewrites everything and removes the old shard files.
-  summary = builders.prepare(procedural_config(out, num_eval_examples=0, num_examples=30),
+  summary = prepare.run(procedural_config(out, num_eval_examples=0, num_examples=30),
                              str(tmp_path))
   assert summary['resumed_examples'] == 0 and summary['splits'] == {'train': 30}
   assert len(list(out.glob('ivd_rgbd-train.array_record-*'))) == 4
@@ -427,9 +463,9 @@ def test_resume_rewrites_only_missing_shards(tmp_path):
 
 def test_worker_processes_write_identical_shards(tmp_path):
   single, multi = tmp_path / 'single', tmp_path / 'multi'
-  builders.prepare(procedural_config(single, num_eval_examples=0, num_examples=16),
+  prepare.run(procedural_config(single, num_eval_examples=0, num_examples=16),
                    str(tmp_path / 'w1'))
-  builders.prepare(procedural_config(multi, num_eval_examples=0, num_examples=16,
+  prepare.run(procedural_config(multi, num_eval_examples=0, num_examples=16,
                                      prepare_workers=2), str(tmp_path / 'w2'))
   names = sorted(p.name for p in single.glob('ivd_rgbd-*'))
   assert names == sorted(p.name for p in multi.glob('ivd_rgbd-*')) and len(names) == 2
@@ -450,13 +486,13 @@ def test_multihost_assignment_shards_by_process(tmp_path):
   import threading  # pylint: disable=g-import-not-at-top
   results = {}
   t = threading.Thread(target=lambda: results.update(
-      p1=builders.prepare(config, str(tmp_path / 'p1'), process_index=1, process_count=2)))
+      p1=prepare.run(config, str(tmp_path / 'p1'), process_index=1, process_count=2)))
   t.start()
-  results['p0'] = builders.prepare(config, str(tmp_path), process_index=0, process_count=2)
+  results['p0'] = prepare.run(config, str(tmp_path), process_index=0, process_count=2)
   t.join()
-  records = [json.loads((out / builders.STATE_DIR / f'train-0000{k}.json').read_text())
+  markers = [json.loads((out / records.STATE_DIR / f'train-0000{k}.json').read_text())
              for k in range(3)]
-  assert all(r['num_examples'] == 8 for r in records)
+  assert all(r['num_examples'] == 8 for r in markers)
   assert results['p0']['resumed_examples'] == 0 and results['p0']['num_written'] == 24
   assert len(read_split(out)) == 24
   assert (tmp_path / 'prepare_summary.json').exists()
@@ -470,7 +506,7 @@ def test_prepare_mode_through_main(tmp_path):
   main.run(config, str(tmp_path))
   summary = json.loads((tmp_path / 'prepare_summary.json').read_text())
   assert summary['num_written'] == 8 and summary['data_dir'] == str(tmp_path / 'data')
-  assert sys.modules['ivd_jax.data.builders'] is builders
+  assert sys.modules['ivd_jax.pipelines.prepare'] is prepare
   assert os.path.exists(tmp_path / 'data' / 'dataset_info.json')
 
 
@@ -486,7 +522,7 @@ def test_validation_split_reuses_the_training_classes(folder_dataset, tmp_path):
   data = tmp_path / 'data'
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.copytree(workdir / 'data', data)
-  summary = builders.prepare(folder_config(val, dir=str(data), split='validation'),
+  summary = prepare.run(folder_config(val, dir=str(data), split='validation'),
                              str(tmp_path / 'work'))
   assert summary['splits'] == {'validation': 1} and summary['classes'] == [
       'animals', 'objects', 'space']

@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from ivd_jax import errors
-from ivd_jax.training import sharding as shard_lib
+from ivd_jax import parallel as shard_lib
 
 
 @pytest.mark.parametrize('shape,fsdp,spec', [

@@ -15,14 +15,17 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
+from ivd_jax import checkpoint as ckpt_lib
 from ivd_jax import errors
+from ivd_jax import parallel as shard_lib
+from ivd_jax import roles
 from ivd_jax.data import procedural
 from ivd_jax.geometry import cameras
-from ivd_jax.training import checkpoint as ckpt_lib
-from ivd_jax.training import presets
-from ivd_jax.training import sharding as shard_lib
+from ivd_jax.pipelines import train
+from ivd_jax.training import checks
 from ivd_jax.training import state as state_lib
-from ivd_jax.training import train
+from ivd_jax.training import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +44,7 @@ SMALL = {
 
 def small_config(conditional: bool, *, num_classes: int = 0, **overrides: object
                  ) -> ml_collections.ConfigDict:
-  config = presets.train_config('tiny', conditional=conditional)
+  config = common.train_config('tiny', role='cond' if conditional else 'uncond')
   for name, value in {**SMALL, 'model.num_classes': num_classes, **overrides}.items():
     section, field = name.split('.')
     config[section][field] = value
@@ -63,11 +66,11 @@ def _batch(n: int, res: int, num_classes: int = 0) -> dict[str, np.ndarray]:
 
 def _one_step(config, mesh, batch, steps=1):
   with jax.set_mesh(mesh):
-    model = train.unet_lib.unet_from_config(config.model)
+    model = roles.role_of(config).network(config.model)
     tx = state_lib.make_optimizer(config.optim)
-    state, shardings = train.init_state(model, tx, config, mesh)
+    state, shardings = step_lib.init_state(model, tx, config, mesh)
     bs = shard_lib.batch_sharding(mesh)
-    step = jax.jit(train.make_train_step(model, tx, config),
+    step = jax.jit(step_lib.make_train_step(model, tx, config),
                    in_shardings=(shardings, {'rgbd': bs, 'label': bs}),
                    out_shardings=(shardings, shard_lib.replicated(mesh)), donate_argnums=(0,))
     for _ in range(steps):
@@ -111,8 +114,8 @@ def test_step_same_on_1_and_8_devices():
   assert metrics['nonfinite'] == 1.0 and not np.isfinite(metrics['loss'])
   mesh = _mesh((1, 1), 1)
   with jax.set_mesh(mesh):
-    model = train.unet_lib.unet_from_config(config.model)
-    init, _ = train.init_state(model, state_lib.make_optimizer(config.optim), config, mesh)
+    model = roles.role_of(config).network(config.model)
+    init, _ = step_lib.init_state(model, state_lib.make_optimizer(config.optim), config, mesh)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(jax.device_get(init.params))):
     np.testing.assert_array_equal(a, b)
 
@@ -136,12 +139,12 @@ def test_label_dropout_p_uncond():
   """Classifier-free training: labels become the null label -1 with probability p_uncond."""
   labels = jnp.arange(200_000) % 7
   key = jax.random.key(3)
-  dropped = train.drop_labels(key, labels, 0.1)
+  dropped = step_lib.drop_labels(key, labels, 0.1)
   assert abs(float(jnp.mean(dropped == -1)) - 0.1) < 0.003  # 6 sigma of a binomial mean
   kept = dropped != -1
   np.testing.assert_array_equal(dropped[kept], labels[kept])
-  assert not bool(jnp.any(train.drop_labels(key, labels, 0.0) == -1))
-  assert bool(jnp.all(train.drop_labels(key, labels, 1.0) == -1))
+  assert not bool(jnp.any(step_lib.drop_labels(key, labels, 0.0) == -1))
+  assert bool(jnp.all(step_lib.drop_labels(key, labels, 1.0) == -1))
   # Inside the step: p_uncond = 1 trains exactly the unconditional model (every label -1), and
   # the labels do change the update when kept (the class embedding is live).
   batch = _batch(8, 16, num_classes=4)
@@ -174,7 +177,7 @@ def test_label_dropout_p_uncond():
 def test_config_errors(overrides, field, fix):
   config = small_config(False, **overrides)
   with pytest.raises(errors.ConfigError) as e:
-    train.validate_config(config, num_devices=8)
+    checks.validate_config(config, num_devices=8)
   assert e.value.field == field and fix in str(e.value)
   # The same through the entry function, before any compilation.
   with pytest.raises(errors.ConfigError):
@@ -182,31 +185,31 @@ def test_config_errors(overrides, field, fix):
 
 
 def test_missing_folder_dataset_names_prepare(tmp_path):
-  config = presets.train_config('dogs128')
+  config = common.train_config('dogs128')
   with pytest.raises(errors.ConfigError, match=r'configs/prepare.py:dogs128') as e:
     train.train_and_evaluate(config, str(tmp_path))
   assert e.value.field == 'data.dir'
   config = small_config(True)
   config.init_from = str(tmp_path / 'no')
   with pytest.raises(errors.ConfigError, match='init_from'):
-    train.validate_config(config, num_devices=8)
+    checks.validate_config(config, num_devices=8)
 
 
 def test_presets_match_the_reference():
-  imagenet = presets.train_config('imagenet128', conditional=True)
+  imagenet = common.train_config('imagenet128', role='cond')
   assert imagenet.model.model_channels == 256 and imagenet.model.num_classes == 1000
   assert tuple(imagenet.model.channel_mult) == (1, 1, 2, 3, 4)
   assert tuple(imagenet.model.attention_resolutions) == (32, 16, 8)
-  assert imagenet.model.in_channels == 10 and imagenet.train.batch_size == 128
+  assert roles.role_of(imagenet).in_channels == 10 and imagenet.train.batch_size == 128
   assert (imagenet.optim.lr, imagenet.optim.weight_decay, imagenet.optim.ema_decay) == (
       1e-4, 0.0, 0.9999)
   for name in ('dogs128', 'elephants128', 'horses128'):
-    c = presets.train_config(name)
+    c = common.train_config(name)
     assert (c.model.model_channels, c.model.num_classes, c.train.batch_size) == (128, 0, 64)
-    train.validate_config(c, num_devices=8)
-  tiny = presets.train_config('tiny')
-  train.validate_config(tiny, num_devices=8)
-  model = train.unet_lib.unet_from_config(tiny.model)
+    checks.validate_config(c, num_devices=8)
+  tiny = common.train_config('tiny')
+  checks.validate_config(tiny, num_devices=8)
+  model = roles.role_of(tiny).network(tiny.model)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 4)),
                           jnp.zeros((1,), jnp.int32))
   assert 2e6 < state_lib.param_count(shapes) < 6e6
@@ -284,11 +287,11 @@ def test_exact_resume_after_sigkill(tmp_path, shared_data):
   config.init_from = straight
   mesh = _mesh((4, 2), 8)
   with jax.set_mesh(mesh):
-    model = train.unet_lib.unet_from_config(config.model)
+    model = roles.role_of(config).network(config.model)
     tx = state_lib.make_optimizer(config.optim)
-    fresh, _ = train.init_state(model, tx, config, mesh)
-    params = train.params_from_init_from(config, fresh.params)
-    state, _ = train.init_state(model, tx, config, mesh, params=params)
+    fresh, _ = step_lib.init_state(model, tx, config, mesh)
+    params = step_lib.params_from_init_from(config, fresh.params)
+    state, _ = step_lib.init_state(model, tx, config, mesh, params=params)
   gu, _ = ckpt_lib.load_params(straight, ema=True)
   kernel = np.asarray(state.params['input_blocks_0_0']['kernel'])
   assert kernel.shape[2] == 10

@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from ivd_jax.errors import ConfigError, UserError
+from ivd_jax.errors import FieldError, UserError
 from ivd_jax.models.unet import UNet, unet_from_config
 from ivd_jax.tools.convert_reference import param_shapes, unet_from_kwargs
 
@@ -174,8 +174,9 @@ def test_unet_from_config_and_validation(tiny):
   for field, value in bad.items():
     config = ml_collections.ConfigDict(dict(TINY))
     config[field] = value
-    with pytest.raises(ConfigError, match=f'model.{field}'):
+    with pytest.raises(FieldError, match=f'^{field}:') as e:
       unet_from_config(config)
+    assert e.value.field == field
   with pytest.raises(UserError, match='expected'):
     jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)),
                    jnp.zeros((1,), jnp.int32))

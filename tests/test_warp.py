@@ -1,4 +1,4 @@
-"""The splat warp (METHOD 4) against the reference fixtures, exact scenes and degenerate input.
+"""The splat warp (docs/method.md §4): reference fixtures, exact scenes and degenerate input.
 
 Figures measured with this implementation (jax 0.10.2, CPU) on the fixture subset
 (warp_subset.npz; truth = analytic co-visibility; reference = the authors' OpenGL code):
@@ -29,6 +29,7 @@ from ivd_jax import errors
 from ivd_jax.data import procedural
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import depth as depth_lib
+from ivd_jax.geometry import raster
 from ivd_jax.geometry import warp
 
 NEAR, FAR = 0.5, 100.0
@@ -253,6 +254,23 @@ def test_erode_square():
   assert np.asarray(warp.erode(m, 5)).sum() == 81 - 25
   np.testing.assert_array_equal(warp.erode(np.ones((5, 5, 1)), 7), 1.0)  # border not eroded
   np.testing.assert_array_equal(warp.erode(m, 1), m)
+
+
+def test_zbuffer_keeps_the_centre_most_sample_of_the_nearest_surface():
+  """raster's z-buffer: nearest depth bucket, then (centre_first) centre cover, then distance."""
+  # Sub-pixel 0: two samples of one surface (same depth bucket); 1: one sample; 2: a near sample
+  # off-centre and a far one at the centre; 3: nothing (undrawn samples go to the dump slot 4).
+  z = np.array([2.0, 2.0 * (1 + 2.0**-12), 1.0, np.inf, 3.0, 2.5], np.float32)
+  dist = np.array([0.2, 0.1, 0.3, 0.0, 0.0, 0.45], np.float32)
+  idx = np.array([0, 0, 1, 4, 2, 2], np.int32)
+  splat = raster._Splat(idx=jnp.asarray(idx), z=jnp.asarray(z), centre_dist=jnp.asarray(dist),
+                        col_i=None, row_i=None, tri_is_1=None, num_quads=0, refined=None)
+  inside = jnp.asarray([True, False, False, True, True, True])
+  for centre_first, want in ((False, [1, 2, 5, 6]), (True, [0, 2, 5, 6])):
+    depth, win_id = raster._zbuffer(splat, inside if centre_first else None, 4)
+    np.testing.assert_array_equal(win_id, want)
+    np.testing.assert_allclose(depth[:3], z[want[:3]], rtol=raster.DEPTH_TIE)
+    assert depth[3] == np.inf
 
 
 def test_bad_input_is_a_user_error():

@@ -1,13 +1,13 @@
 """Input pipeline: a prepared RGBD dataset -> global jax.Arrays sharded over the mesh's data axes.
 
 grain reads this process's part of the split (`tfds.split_for_jax_process`) from the ArrayRecord
-shards written by ivd_jax.data.builders, shuffles with a seed (a new order every epoch), repeats,
-decodes the PNGs to float32 RGBD in the network encoding ([-1, 1] for colour and for the METHOD 3
-z-buffer depth), optionally flips horizontally (a mirrored image is as valid a view 0 as the
+shards of ivd_jax.data.records, shuffles with a seed (a new order every epoch), repeats, decodes
+the PNGs to float32 RGBD in the network encoding ([-1, 1] for colour and for the z-buffer depth of
+docs/method.md §3), optionally flips horizontally (a mirrored image is as valid a view 0 as the
 original: the source camera is symmetric), batches per host and prefetches with
 `data_config.num_workers` worker processes (0 = threads in this process). Each batch becomes a
-global array with `jax.make_array_from_process_local_data`, its batch axis sharded over
-PartitionSpec(('data', 'fsdp')).
+global array with `jax.make_array_from_process_local_data`, its batch axis sharded over both mesh
+axes (parallel.BATCH_SPEC).
 
   it = create_input_iterator(config.data, global_batch_size=128, mesh=mesh, seed=0)
   batch = next(it)          # {'rgbd': [128, R, R, 4] float32, 'label': [128] int32}
@@ -24,15 +24,12 @@ from typing import Any, Dict, Iterator, Optional
 from absl import flags
 import grain.python as grain
 import jax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from ivd_jax import errors
-from ivd_jax.data import builders
+from ivd_jax import parallel
+from ivd_jax.data import records
 from ivd_jax.geometry import depth as depth_lib
-
-DATA_AXES = ('data', 'fsdp')
 
 
 class DecodeRGBD(grain.RandomMapTransform):
@@ -42,26 +39,13 @@ class DecodeRGBD(grain.RandomMapTransform):
     self.flip = flip
 
   def random_map(self, element: Dict[str, Any], rng: np.random.Generator) -> Dict[str, Any]:
-    rgb = builders.decode_png(element['rgb']).astype(np.float32) / 255.0
-    zbuf = builders.zbuf_from_uint16(builders.decode_png(element['depth']))
-    rgbd = np.concatenate([rgb, zbuf.reshape(*zbuf.shape[:2], 1)], axis=-1)
+    rgbd = records.rgbd_from_stored(records.decode_png(element['rgb']),
+                                    records.decode_png(element['depth']))
     # The draw happens whether or not we flip, so the random stream does not depend on `flip`.
     if rng.random() < 0.5 and self.flip:
       rgbd = rgbd[:, ::-1]
     return {'rgbd': np.ascontiguousarray(depth_lib.to_network(rgbd), dtype=np.float32),
             'label': np.int32(element['label'])}
-
-
-def _data_source(path: str, split: str):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder_from_directory(path)
-  if split not in builder.info.splits:
-    raise errors.ConfigError('data.dir', f'{path} has no split {split!r} (it has '
-                             f'{sorted(builder.info.splits)})',
-                             'prepare that split or ask for an existing one')
-  skip = tfds.decode.SkipDecoding
-  decoders = {'rgb': skip(), 'depth': skip(), 'novel_rgb': skip(), 'novel_depth': skip()}
-  return builder.as_data_source(split=tfds.split_for_jax_process(split), decoders=decoders)
 
 
 class InputIterator(Iterator[Dict[str, jax.Array]]):
@@ -77,7 +61,7 @@ class InputIterator(Iterator[Dict[str, jax.Array]]):
     self.local_batch_size = global_batch_size // jax.process_count()
     self.num_examples = num_examples  # in this process's part of the split
     self.metadata = metadata
-    self._sharding = None if mesh is None else NamedSharding(mesh, P(DATA_AXES))
+    self._sharding = None if mesh is None else parallel.batch_sharding(mesh)
 
   @property
   def _iterator(self):
@@ -113,10 +97,10 @@ def create_input_iterator(data_config, *, global_batch_size: int, mesh, seed: in
   """The input iterator of a prepared dataset (config.data.dir).
 
   Args:
-    data_config: config.data (dir, resolution, near, far, flip, num_workers; see builders).
+    data_config: config.data (dir, resolution, near, far, flip, num_workers, read_threads).
     global_batch_size: examples per step over all processes; divisible by the number of devices
-      on the mesh's ('data', 'fsdp') axes and by the process count.
-    mesh: jax.sharding.Mesh with axes ('data', 'fsdp'); None yields process-local numpy batches.
+      of the mesh (parallel.MESH_AXES) and by the process count.
+    mesh: a parallel.make_mesh mesh; None yields process-local numpy batches.
     seed: shuffle and flip seed.
     split: dataset split.
     shuffle: global shuffle, a new order every epoch (False: file order, for evaluation).
@@ -129,7 +113,7 @@ def create_input_iterator(data_config, *, global_batch_size: int, mesh, seed: in
   if not path:
     raise errors.ConfigError('data.dir', 'no prepared dataset given',
                              'set config.data.dir (prepare writes WORKDIR/data by default)')
-  metadata = builders.load_metadata(path)
+  metadata = records.load_metadata(path)
   resolution = int(data_config.get('resolution') or metadata['resolution'])
   if resolution != metadata['resolution']:
     raise errors.ConfigError(
@@ -149,18 +133,18 @@ def create_input_iterator(data_config, *, global_batch_size: int, mesh, seed: in
         'prepared (0 for an unconditional model)')
   process_count = jax.process_count()
   if mesh is not None:
-    shards = int(np.prod([mesh.shape[a] for a in DATA_AXES if a in mesh.shape]))
+    shards = parallel.data_parallel_size(mesh)
     if global_batch_size % shards:
       raise errors.ConfigError(
           'train.batch_size', f'{global_batch_size} is not divisible by the {shards} devices of '
-          "the mesh's data axes ('data', 'fsdp')", f'use a multiple of {shards}')
+          f'the mesh axes {parallel.MESH_AXES}', f'use a multiple of {shards}')
   if global_batch_size < 1 or global_batch_size % process_count:
     raise errors.ConfigError(
         'train.batch_size', f'{global_batch_size} is not a positive multiple of the '
         f'{process_count} processes', f'use a multiple of {process_count}')
   local_batch = global_batch_size // process_count
 
-  source = _data_source(path, split)
+  source = records.open_split(path, split, this_process_only=True)
   if len(source) < local_batch:
     raise errors.ConfigError(
         'train.batch_size', f'this process reads {len(source)} examples of split {split!r}, '

@@ -2,9 +2,9 @@
 
 A scene is a textured back wall, a ground plane and a few spheres and y-rotated boxes with
 procedural solid textures, laid out around the world origin, which is the orbit centre 1 unit in
-front of the source camera (eye (0, 0, 1), METHOD 2). A large textured dome encloses everything so
-that every ray from any camera near the origin hits something (it only shows for cameras turned
-far from the source view, e.g. a full orbit).
+front of the source camera (eye (0, 0, 1), docs/method.md §2). A large textured dome encloses
+everything so that every ray from any camera near the origin hits something (it only shows for
+cameras turned far from the source view, e.g. a full orbit).
 
 Rendering is exact ray casting in float64 at each pixel centre (no anti-aliasing), vectorised over
 all rays with numpy; colours are view-independent (Lambertian shading under a fixed light), so a
@@ -114,6 +114,15 @@ def sample_scene(seed: int) -> Scene:
                spheres=np.array(spheres, np.float64).reshape(-1, 4),
                boxes=np.array(boxes, np.float64).reshape(-1, 7),
                textures=np.array(textures), colours=np.array(colours), seed=int(seed))
+
+
+def scene_seed(seed: int, stream: int, index: int) -> int:
+  """The sample_scene seed of scene `index` of a stream (prepare: 0 = 'train', 1 = 'test').
+
+  Independent 63-bit seeds per (config seed, stream, index).
+  """
+  return int(np.random.SeedSequence([seed, stream, index]).generate_state(
+      2, np.uint32).astype(np.uint64) @ np.array([1 << 31, 1], np.uint64))
 
 
 # ----------------------------------------------------------------------------------------------

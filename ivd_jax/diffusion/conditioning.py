@@ -1,18 +1,14 @@
-"""The G_c network input of METHOD 6.
+"""The G_c network input of docs/method.md §6.
 
 Channel order [x_t (4), mask_rgb (1), y_rgb (3), y_depth (1), mask (1)]; the holes of the warped
 condition are filled with FRESH standard normal noise at every network call.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
 from ivd_jax.errors import UserError
-
-EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def conditional_input(x_t: jax.Array, y_rgb: jax.Array, y_depth: jax.Array,
@@ -42,18 +38,3 @@ def conditional_input(x_t: jax.Array, y_rgb: jax.Array, y_depth: jax.Array,
   y_rgb = y_rgb * mask_rgb + n_rgb * (1.0 - mask_rgb)
   y_depth = y_depth * mask + n_depth * (1.0 - mask)
   return jnp.concatenate([x_t, mask_rgb, y_rgb, y_depth, mask], axis=-1).astype(jnp.float32)
-
-
-def conditional_eps_fn(net_fn: EpsFn, y_rgb: jax.Array, y_depth: jax.Array, mask_rgb: jax.Array,
-                       mask: jax.Array, *, key: jax.Array) -> EpsFn:
-  """Wraps a 10-channel network into a sampler eps_fn(x_t, t) with fresh hole noise per call.
-
-  The hole noise key is `key` folded with the call's timestep, so every sampler step draws new
-  noise while a run stays reproducible. `net_fn(inputs [B, H, W, 10], t)` may itself apply
-  classifier-free guidance (samplers.guided_eps_fn); both of its branches then see the same
-  input, as in the reference.
-  """
-  def eps_fn(x_t: jax.Array, t: jax.Array) -> jax.Array:
-    step_key = jax.random.fold_in(key, t[0])
-    return net_fn(conditional_input(x_t, y_rgb, y_depth, mask_rgb, mask, key=step_key), t)
-  return eps_fn

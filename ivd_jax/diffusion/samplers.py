@@ -1,4 +1,5 @@
-"""DDPM and DDIM samplers, classifier-free guidance and the DDIM condition edits (METHOD 7).
+"""DDPM and DDIM samplers, classifier-free guidance and the DDIM condition edits (docs/method.md
+§7).
 
 Samplers take `eps_fn(x [B, H, W, C], t [B] int) -> eps` and loop with lax.scan, so a jitted
 sampler compiles once per shape and step count. Wrap them in jax.jit yourself, closing over the
@@ -46,21 +47,22 @@ def guided_eps_fn(net_fn: Callable[[jax.Array, jax.Array, Optional[jax.Array]], 
 
 
 class ConditionEdits(NamedTuple):
-  """Edits of the predicted x_0 inside DDIM for G_c (METHOD 7); all arrays [B, H, W, c].
+  """Edits of the predicted x_0 inside DDIM for G_c (docs/method.md §7); arrays [B, H, W, c].
 
   rgb [.., 3] and depth [.., 1] are the warped condition in [-1, 1], mask_rgb / mask their
   validity masks, hull [.., 1] the lower bound on the depth of revealed content. Pass rgb=None
   to skip replace_rgb, depth=None to skip replace_depth and constrain_depth (the latter needs the
-  former, as in the reference), hull=None to skip constrain_depth.
+  former, as in the reference), hull=None to skip constrain_depth. The weights of replace_rgb,
+  replace_depth and constrain_depth are the config's (configs/common.py:sample_section).
   """
   rgb: Optional[jax.Array]
   depth: Optional[jax.Array]
   mask_rgb: Optional[jax.Array]
   mask: Optional[jax.Array]
-  hull: Optional[jax.Array] = None
-  rgb_weight: float = 0.1
-  depth_weight: float = 0.2
-  hull_weight: float = 0.5
+  hull: Optional[jax.Array]
+  rgb_weight: float
+  depth_weight: float
+  hull_weight: float
 
 
 def apply_edits(x0: jax.Array, edits: ConditionEdits, *, last_step: Any) -> jax.Array:

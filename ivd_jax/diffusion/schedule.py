@@ -1,4 +1,4 @@
-"""The diffusion noise schedule (METHOD 7), float64 numpy like the reference.
+"""The diffusion noise schedule (docs/method.md §7), float64 numpy like the reference.
 
 Coefficients are computed once in float64. On device they are gathered as float32 (the reference
 gathers from float64 arrays and casts to float32; casting first and gathering is identical).
@@ -6,6 +6,7 @@ gathers from float64 arrays and casts to float32; casting first and gathering is
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +75,12 @@ def linear_schedule(num_steps: int = 1000, beta_start: float = 1e-4,
     raise UserError(f'need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}. '
                     'Fix: use 1e-4 and 0.02.')
   return schedule_from_betas(np.linspace(beta_start, beta_end, num_steps, dtype=np.float64))
+
+
+def schedule_from_config(diffusion: Any) -> Schedule:
+  """The schedule of a config's `diffusion` section (num_steps, beta_start, beta_end)."""
+  return linear_schedule(int(diffusion['num_steps']), float(diffusion['beta_start']),
+                         float(diffusion['beta_end']))
 
 
 def gather(table: np.ndarray, t: jax.Array, ndim: int) -> jax.Array:

@@ -8,16 +8,17 @@ measure
     co-visible pixels whose relative error is below `depth_tol`,
   - the co-visible fraction: co-visible pixels / all pixels.
 A perfectly 3D-consistent set (true renders of one scene) scores the ceiling that the warp's own
-resampling allows; `procedural_ceiling` measures it on the embedded scenes for the same cameras.
+resampling allows: the pipelines measure it by passing true renders of the same cameras to
+`pairwise_consistency`.
 """
 import functools
-import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ivd_jax.evaluation import metrics
 from ivd_jax.geometry import depth as depth_lib
 from ivd_jax.geometry import warp as warp_lib
 
@@ -78,7 +79,7 @@ def pairwise_consistency(rgbds: Union[np.ndarray, jax.Array], views: np.ndarray,
     views: [V, 4, 4] world->camera matrices, or [N, V, 4, 4] (one camera set per view set).
     near, far: the depth encoding used to lift views (sampling: 0.6 / 5 for MiDaS-trained models;
       the data's own near/far for exact-depth data).
-    fov_deg, ssaa, atol, rtol: warp settings (the sampling defaults, METHOD 4 and 8).
+    fov_deg, ssaa, atol, rtol: warp settings (the sampling defaults, docs/method.md §4 and §8).
     depth_tol: relative depth error below which a co-visible pixel counts as agreeing.
     neighbours: compare each view only with its k nearest cameras (all pairs when None).
 
@@ -112,32 +113,11 @@ def pairwise_consistency(rgbds: Union[np.ndarray, jax.Array], views: np.ndarray,
       sums = _pair_sums(inst[s], inst[d], inst_views[s], inst_views[d], weight, **kwargs)
       totals += np.asarray(sums, np.float64).sum(0)
   sq, covis, absrel, agree, pixels = totals
-  mse = sq / max(3.0 * covis, 1.0)
   return {
-      'psnr': float(10.0 * math.log10(1.0 / mse)) if covis > 0 and mse > 0 else float('nan'),
+      'psnr': metrics.psnr(sq, 3.0 * covis),
       'depth_abs_rel': float(absrel / covis) if covis > 0 else float('nan'),
       'depth_agreement': float(agree / covis) if covis > 0 else float('nan'),
       'covisible': float(covis / pixels),
       'num_pairs': len(pairs),
       'num_sets': int(rgbds.shape[0]),
   }
-
-
-def procedural_ceiling(scene_seeds: Sequence[int], views: np.ndarray, resolution: int, *,
-                       near: float, far: float, data_near: float = 0.5, data_far: float = 100.0,
-                       fov_deg: float = 45.0, **kwargs) -> dict[str, float]:
-  """The same figures on the true renders of embedded scenes: the ceiling a sampler can reach.
-
-  Views are rendered exactly (data.procedural) in the data encoding (data_near/data_far), i.e. the
-  encoding a network trained on them outputs, and then scored exactly like generated views.
-  """
-  from ivd_jax.data import procedural  # pylint: disable=g-import-not-at-top
-  views = np.asarray(views, np.float32)
-  sets = []
-  for seed in scene_seeds:
-    scene = procedural.sample_scene(int(seed))
-    sets.append(np.stack([
-        np.asarray(procedural.render_rgbd(scene, v, resolution, near=data_near, far=data_far,
-                                          fov_deg=fov_deg)) for v in views]))
-  return pairwise_consistency(np.stack(sets), views, near=near, far=far, fov_deg=fov_deg,
-                              **kwargs)

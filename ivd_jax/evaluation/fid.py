@@ -9,26 +9,22 @@ Conventions follow the tools the paper's numbers come from:
   p(y|x) = softmax of the 1008-way logits without bias (Salimans et al. 2016);
 - KID: unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over
   100 random subsets of 1000 (StyleGAN2-ADA / torch-fidelity defaults), mean and std reported.
+Batches are split over the mesh like every input array (ivd_jax.parallel.batch_sharding).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
 from typing import Any, Iterable, Iterator, Optional
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from ivd_jax import errors
+from ivd_jax import parallel
 from ivd_jax.models import inception
-
-BATCH_AXES = ('data', 'fsdp')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -62,13 +58,12 @@ class Features:
 
 
 def default_mesh() -> jax.sharding.Mesh:
-  """All devices on 'data' (the layout training.sharding.make_mesh gives for shape (-1, 1))."""
-  return jax.make_mesh((jax.device_count(), 1), BATCH_AXES,
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  """All devices data-parallel: parallel.make_mesh with the mesh shape (-1, 1)."""
+  return parallel.make_mesh(ml_collections.ConfigDict({'shape': (-1, 1)}))
 
 
 class FeatureExtractor:
-  """Runs the FID Inception over image batches, the batch split over the mesh's data axes.
+  """Runs the FID Inception over image batches, the batch split over the mesh.
 
   One compiled function per image size serves every batch: short batches are padded to
   `batch_size` and the padding is dropped from the output. Parameters are replicated; the
@@ -79,7 +74,7 @@ class FeatureExtractor:
   def __init__(self, params: dict, *, with_logits: bool, batch_size: int = 64,
                mesh: Optional[jax.sharding.Mesh] = None, precision: str = 'highest'):
     self.mesh = mesh if mesh is not None else default_mesh()
-    shards = int(np.prod([self.mesh.shape[a] for a in BATCH_AXES]))
+    shards = parallel.data_parallel_size(self.mesh)
     if batch_size <= 0 or batch_size % shards:
       raise errors.ConfigError('eval.batch_size', f'{batch_size} does not split over the '
                                f'{shards} data-parallel devices',
@@ -90,9 +85,8 @@ class FeatureExtractor:
     self.batch_size = batch_size
     self.with_logits = with_logits
     self._local_batch = batch_size // jax.process_count()
-    self._batch_sharding = NamedSharding(self.mesh, P(BATCH_AXES))
-    replicated = NamedSharding(self.mesh, P())
-    self._params = jax.device_put(params, replicated)
+    self._batch_sharding = parallel.batch_sharding(self.mesh)
+    self._params = jax.device_put(params, parallel.replicated(self.mesh))
     self._apply = _compiled_apply(with_logits, precision, self.mesh)
 
   def _dispatch(self, images: np.ndarray) -> tuple[dict[str, jax.Array], int]:
@@ -151,9 +145,9 @@ class FeatureExtractor:
 def _compiled_apply(with_logits: bool, precision: str, mesh: jax.sharding.Mesh):
   # Cached per (variant, mesh) so every extractor on the same mesh shares one compilation.
   model = inception.InceptionV3(with_logits=with_logits, precision=precision)
-  return jax.jit(model.apply, in_shardings=(NamedSharding(mesh, P()),
-                                            NamedSharding(mesh, P(BATCH_AXES))),
-                 out_shardings=NamedSharding(mesh, P()))
+  return jax.jit(model.apply,
+                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+                 out_shardings=parallel.replicated(mesh))
 
 
 def _rebatch(batches: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -266,61 +260,3 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, *, num_subsets: in
     within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
     values.append(within - 2.0 * kxy.mean())
   return float(np.mean(values)), float(np.std(values))
-
-
-# ------------------------------------------------------------------------------------------------
-# Reference statistics cache.
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class ReferenceStats:
-  """What the real set contributes to FID and KID: mean, covariance, a feature sample."""
-  mu: np.ndarray
-  sigma: np.ndarray
-  features: np.ndarray  # [min(N, kid_max), 2048] float32, for KID
-  num_images: int
-  meta: dict
-
-  @classmethod
-  def from_features(cls, features: np.ndarray, meta: dict, *, kid_max: int = 10000,
-                    seed: int = 0) -> 'ReferenceStats':
-    mu, sigma = gaussian_statistics(features)
-    sample = features
-    if features.shape[0] > kid_max:
-      idx = np.sort(np.random.default_rng(seed).choice(features.shape[0], kid_max,
-                                                       replace=False))
-      sample = features[idx]
-    return cls(mu, sigma, np.asarray(sample, np.float32), int(features.shape[0]), dict(meta))
-
-  def save(self, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, mu=self.mu, sigma=self.sigma, features=self.features,
-             num_images=np.int64(self.num_images), meta=np.array(json.dumps(self.meta,
-                                                                             sort_keys=True)))
-    os.replace(tmp, path)
-
-  @classmethod
-  def load(cls, path: str) -> 'ReferenceStats':
-    with np.load(path, allow_pickle=False) as f:
-      return cls(f['mu'], f['sigma'], f['features'], int(f['num_images']),
-                 json.loads(str(f['meta'])))
-
-
-def cached_reference(path: str, meta: dict, compute: Any) -> tuple[ReferenceStats, bool]:
-  """Loads the statistics at `path` if their `meta` matches, else runs compute() and saves.
-
-  Returns (stats, loaded_from_cache). The meta (data source, resolution, image count, weights)
-  is the cache key, so a changed dataset or network never reuses stale statistics.
-  """
-  want = json.loads(json.dumps(meta, sort_keys=True))
-  if os.path.isfile(path):
-    stats = ReferenceStats.load(path)
-    if stats.meta == want:
-      return stats, True
-  stats = compute()
-  stats.meta = want
-  if jax.process_index() == 0:
-    stats.save(path)
-  return stats, False

@@ -1,6 +1,7 @@
-"""Aggregated conditioning of METHOD 8: warp every earlier view into the new camera and blend.
+"""Aggregated conditioning of docs/method.md §8: warp every earlier view into the new camera and
+blend.
 
-Each view is splatted separately with its own z-buffer (warp.render_mesh), exactly like the
+Each view is splatted separately with its own z-buffer (raster.render_mesh), exactly like the
 reference's AggregationRenderer draws each mesh into a cleared depth buffer, and the fragments
 are blended per sub-pixel:
 * weight w_i = max(exp(max(-20 theta, -50)), 1e-4), theta the angle between the surface normal
@@ -8,7 +9,7 @@ are blended per sub-pixel:
   material at cuts gets 1e-16; back-facing material contributes nothing (but occludes its view);
 * colour = sum w_i c_i / sum w_i; depth = mean of the valid fragments (in inverse depth, the
   space of the reference's depth buffer); where only cut material is present, the farthest cut
-  fragment (this bridged depth is the hull of METHOD 7); mask = any valid fragment;
+  fragment (this bridged depth is the hull of docs/method.md §7); mask = any valid fragment;
   mask_rgb = any valid non-eroded texture;
 * then the > 0.75 ssaa^2 coverage rule, depth_edge and mask_rgb &= erode(mask, 2 erode - 1).
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 from ivd_jax import errors
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import depth as depth_lib
+from ivd_jax.geometry import raster
 from ivd_jax.geometry import warp
 
 # The reference's AggregationRenderer clips at 0.01.
@@ -116,7 +118,7 @@ def _render_view(rgbd, view, target_view, *, near, far, fov_deg, ssaa, atol, rto
   pts = warp.apply_transform(to_target, src_pts)
   normals = depth_normals(src_pts) @ to_target[:3, :3].T
   payload = jnp.concatenate([jnp.nan_to_num(rgbd[..., :3]), normals, pts], -1)
-  out = warp.render_mesh(pts, payload, exists, [edge, eroded], resolution=n, fov_deg=fov_deg,
+  out = raster.render_mesh(pts, payload, exists, [edge, eroded], resolution=n, fov_deg=fov_deg,
                          ssaa=ssaa, diag_a=diag_a, clip_near=AGG_CLIP_NEAR)
   # Direction from the fragment to view i's own camera, in target camera coordinates.
   eye = to_target[:3, 3]
@@ -133,10 +135,10 @@ def _render_view(rgbd, view, target_view, *, near, far, fov_deg, ssaa, atol, rto
   valid = front & ~is_edge
   weight = jnp.where(is_edge, CUT_WEIGHT, weight) * front
   # Centre sub-pixels where the view drew nothing show its frustum curtain (cut-class material).
-  centre_hit = warp.centre_subpixel(out['hit'], ssaa)
+  centre_hit = raster.centre_subpixel(out['hit'], ssaa)
   curtain = frustum_curtain(depth, to_target, fov_deg=fov_deg)
   centre_depth = jnp.where(centre_hit, out['centre_depth'], curtain)
-  centre_edge = (warp.centre_subpixel(front & is_edge, ssaa)
+  centre_edge = (raster.centre_subpixel(front & is_edge, ssaa)
                  | (~centre_hit & jnp.isfinite(curtain)))
   inv_centre = 1.0 / jnp.maximum(centre_depth, 1e-6)
   return dict(weight=weight, colour=pay[..., :3], valid=valid, edge=front & is_edge,
@@ -190,7 +192,7 @@ def aggregate_views(rgbds: jnp.ndarray, views: jnp.ndarray, valid: jnp.ndarray,
 
   # Depth at the pixel centres: mean inverse depth of the valid fragments, else the farthest cut
   # fragment, else nothing (hull 0 = the near plane, a trivial lower bound).
-  centre = lambda x: warp.centre_subpixel(jnp.moveaxis(x, 0, -1), ssaa)
+  centre = lambda x: raster.centre_subpixel(jnp.moveaxis(x, 0, -1), ssaa)
   c_valid = centre(is_valid)
   c_edge = jnp.moveaxis(frag['centre_edge'] & on, 0, -1)
   inv = jnp.moveaxis(frag['inv_centre'], 0, -1)

@@ -1,4 +1,5 @@
-"""Cameras of METHOD 2: pinhole, square image, OpenGL look-at views, orbit poses and view sets.
+"""Cameras of docs/method.md §2: pinhole, square image, OpenGL look-at views, orbit poses and view
+sets.
 
 Conventions: a view is a [4, 4] world -> camera matrix in math (row-major) layout,
 p_cam = M @ [x, y, z, 1]; the camera looks down -z with x right and y up; depth is planar
@@ -20,13 +21,13 @@ Array = Union[np.ndarray, jnp.ndarray]
 FOV_DEG = 45.0
 UP = (0.0, 1.0, 0.0)
 
-# METHOD 5: distribution of the random view pi_1 of a training pair.
+# docs/method.md §5: distribution of the random view pi_1 of a training pair.
 TRAIN_YAW_STD = 0.15
 TRAIN_PITCH_STD = 0.15
 TRAIN_RADIUS_STD = 0.1
 TRAIN_TARGET_STD = 0.05
 
-# METHOD 8 view sets.
+# docs/method.md §8 view sets.
 RANDOM_YAW_STD = 0.3
 RANDOM_PITCH_STD = 0.15
 GRID_YAWS = (0.0, 0.15, -0.15, 0.30, -0.30, 0.45, -0.45, 0.60, -0.60)
@@ -64,7 +65,7 @@ def look_at(eye: Array, target: Array = (0.0, 0.0, 0.0), up: Array = UP) -> jnp.
 
 
 def orbit_eye(yaw: Array, pitch: Array, radius: Array = 1.0) -> jnp.ndarray:
-  """eye = r * (sin(yaw) cos(pitch), sin(pitch), cos(yaw) cos(pitch)) (METHOD 2)."""
+  """eye = r * (sin(yaw) cos(pitch), sin(pitch), cos(yaw) cos(pitch)) (docs/method.md §2)."""
   yaw, pitch, radius = (jnp.asarray(x, jnp.float32) for x in (yaw, pitch, radius))
   return radius * jnp.stack(
       [jnp.sin(yaw) * jnp.cos(pitch), jnp.sin(pitch), jnp.cos(yaw) * jnp.cos(pitch)])
@@ -96,7 +97,7 @@ def invert_view(view: Array) -> jnp.ndarray:
 
 
 def random_training_view(key: jax.Array) -> jnp.ndarray:
-  """The random view pi_1 of a G_c training pair (METHOD 5), drawn from an explicit key."""
+  """The random view pi_1 of a G_c training pair (docs/method.md §5), from an explicit key."""
   k_yaw, k_pitch, k_radius, k_target = jax.random.split(key, 4)
   yaw = TRAIN_YAW_STD * jax.random.normal(k_yaw, ())
   pitch = TRAIN_PITCH_STD * jax.random.normal(k_pitch, ())

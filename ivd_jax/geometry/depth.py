@@ -1,4 +1,4 @@
-"""Depth encodings of METHOD 3.
+"""Depth encodings of docs/method.md §3.
 
 The networks see depth as a z-buffer-normalised disparity:
   zbuf = (1/near - 1/d) / (1/near - 1/far), clipped to [0, 1]
@@ -12,9 +12,10 @@ import numpy as np
 
 Array = Union[np.ndarray, jnp.ndarray]
 
-# The inverse clips the z-buffer value away from 0 and 1 so that depth stays finite (METHOD 3).
+# The inverse clips the z-buffer value away from 0 and 1 so that depth stays finite (docs/method.md
+# §3).
 ZBUF_EPS = 1e-6
-# MiDaS raw disparity scale of the reference's per-image files (METHOD 3).
+# MiDaS raw disparity scale of the reference's per-image files (docs/method.md §3).
 MIDAS_SCALE = 6250.0
 MIDAS_MIN_DISPARITY = 1e-3
 

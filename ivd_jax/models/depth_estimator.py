@@ -1,6 +1,6 @@
 """Monocular disparity for `prepare`: a batched, mesh-sharded, jitted DPT depth estimator.
 
-Hook (METHOD 3, the contract's `config.data.estimator`):
+Hook (docs/method.md §3, the contract's `config.data.estimator`):
 
   config.data.estimator = 'ivd_jax.models.depth_estimator:estimator'
   config.data.estimator_kwargs = {'weights': '/path/dpt_beit_large_512.npz'}
@@ -22,7 +22,7 @@ The disparity scale. DPT models predict affine-invariant inverse depth: their tr
 aligns scale and shift per image, so the absolute scale of the raw output is an arbitrary,
 per-checkpoint convention (MiDaS v3.1 BEiT models output thousands, Depth Anything single digits
 to tens). The reference fixed its depth scale through MiDaS `dpt_beit_large_512`'s raw output
-(METHOD 3 divides it by 6250: raw 6250 is depth 1, the orbit centre of METHOD 2).
+(docs/method.md §3 divides it by 6250: raw 6250 is depth 1, the orbit centre of §2).
   - 'none': the raw output. For the converted `dpt_beit_large_512` this IS the reference's scale:
     the same network and normalisation, and the same network input size (MiDaS' "minimal"
     keep-aspect resize to multiples of 32); only the resize kernel differs (cv2 bicubic in MiDaS'
@@ -62,7 +62,8 @@ from ivd_jax.models import dpt
 HALF = (0.5, 0.5, 0.5)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# METHOD 3: the reference divides raw MiDaS disparity by this, so this raw value is depth 1.
+# docs/method.md §3: the reference divides raw MiDaS disparity by this, so this raw value is depth
+# 1.
 REFERENCE_DISPARITY_AT_DEPTH_1 = float(depth_lib.MIDAS_SCALE)
 NORMALIZATIONS = ('auto', 'none', 'median', 'scale')
 _CONFIG_KEY = '__config__'
@@ -219,7 +220,7 @@ class DepthEstimator:
     target_median: median disparity for 'median'.
     scale: factor for 'scale'.
     dtype: 'float32' or 'bfloat16' compute (bfloat16 for accelerators; softmax stays float32).
-    mesh: a jax Mesh with axes ('data', 'fsdp'); default: all local devices on 'data'
+    mesh: a jax Mesh; the batch is split over all its axes. Default: this process's devices
       (each process annotates its own files).
   """
 
@@ -227,14 +228,14 @@ class DepthEstimator:
                target_median: float = REFERENCE_DISPARITY_AT_DEPTH_1, scale: float = 1.0,
                dtype: str = 'float32', mesh: jax.sharding.Mesh | None = None):
     if normalization not in NORMALIZATIONS:
-      raise errors.ConfigError('data.estimator_kwargs.normalization',
-                               f'unknown value {normalization!r}', f'use one of {NORMALIZATIONS}')
+      raise errors.FieldError('normalization',
+                              f'unknown value {normalization!r}', f'use one of {NORMALIZATIONS}')
     if dtype not in ('float32', 'bfloat16'):
-      raise errors.ConfigError('data.estimator_kwargs.dtype', f'unknown dtype {dtype!r}',
-                               "use 'float32' or 'bfloat16'")
+      raise errors.FieldError('dtype', f'unknown dtype {dtype!r}',
+                              "use 'float32' or 'bfloat16'")
     if not target_median > 0 or not scale > 0:
-      raise errors.ConfigError('data.estimator_kwargs', 'target_median and scale must be > 0',
-                               'pass positive numbers')
+      raise errors.FieldError('target_median, scale', 'must be > 0',
+                              'pass positive numbers')
     self.weights = weights
     self.config, params, self.preprocessing = load_depth_model(weights)
     if normalization == 'auto':
@@ -242,14 +243,15 @@ class DepthEstimator:
       beit = self.config.backbone.relative_position_bias
       normalization = 'none' if beit else 'median'
     self.normalization = normalization
-    if mesh is None:
+    if mesh is None:  # this process's devices on one axis (each host annotates its own files)
       devices = jax.local_devices()
-      mesh = jax.make_mesh((len(devices), 1), ('data', 'fsdp'),
-                           axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
+      mesh = jax.make_mesh((len(devices),), ('batch',), axis_types=(jax.sharding.AxisType.Auto,),
+                           devices=devices)
     self.mesh = mesh
-    n = mesh.shape['data'] * mesh.shape['fsdp']
+    # The batch is split over every axis of the mesh, whatever the caller named them.
+    n = mesh.devices.size
     self.batch_size = -(-max(1, int(batch_size)) // n) * n
-    self._batch_sharding = NamedSharding(mesh, P(('data', 'fsdp')))
+    self._batch_sharding = NamedSharding(mesh, P(tuple(mesh.axis_names)))
     compute = jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32
     params = jax.tree.map(lambda x: jnp.asarray(x, compute), params)
     self._params = jax.device_put(params, NamedSharding(mesh, P()))
@@ -297,6 +299,6 @@ class DepthEstimator:
 def estimator(**kwargs: Any) -> DepthEstimator:
   """The contract's factory: `estimator(weights=..., **options)` -> callable (DepthEstimator)."""
   if 'weights' not in kwargs or not kwargs['weights']:
-    raise errors.ConfigError('data.estimator_kwargs.weights', 'no depth weights file given',
-                             'set it to a .npz written by `python -m ivd_jax.tools.convert_depth`')
+    raise errors.FieldError('weights', 'no depth weights file given',
+                            'set it to a .npz written by `python -m ivd_jax.tools.convert_depth`')
   return DepthEstimator(**kwargs)

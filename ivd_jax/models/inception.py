@@ -224,8 +224,8 @@ def _precision(name: str):
     return {'highest': jax.lax.Precision.HIGHEST, 'high': jax.lax.Precision.HIGH,
             'default': jax.lax.Precision.DEFAULT}[name]
   except KeyError:
-    raise errors.ConfigError('eval.inception_precision', f'unknown precision {name!r}',
-                             "use 'highest' (exact FID), 'high' or 'default'") from None
+    raise errors.FieldError('precision', f'unknown precision {name!r}',
+                            "use 'highest' (exact FID), 'high' or 'default'") from None
 
 
 class InceptionV3(nn.Module):

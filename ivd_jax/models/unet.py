@@ -1,4 +1,4 @@
-"""The ADM UNet (METHOD 6) in flax.linen, numerically the reference's `AdmUnet2d`.
+"""The ADM UNet (docs/method.md §6) in flax.linen, numerically the reference's `AdmUnet2d`.
 
 Layout is NHWC. Sub-modules are named after the reference's module paths with dots replaced by
 underscores (`input_blocks_3_1` is the reference's `input_blocks.3.1`), and the layers inside a
@@ -12,13 +12,15 @@ head run in float32 whatever the compute dtype; parameters are always float32.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
 
-from ivd_jax.errors import ConfigError, UserError
+from ivd_jax.errors import FieldError, UserError
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # The reference's GroupNorm and PyTorch's default epsilon.
@@ -130,7 +132,7 @@ class AttentionBlock(nn.Module):
 
 
 class UNet(nn.Module):
-  """The ADM UNet of METHOD 6: epsilon prediction, NHWC, optional class conditioning.
+  """The ADM UNet of docs/method.md §6: epsilon prediction, NHWC, optional class conditioning.
 
   Attributes:
     image_size: Input resolution the model is built for; `attention_resolutions` are feature-map
@@ -171,32 +173,32 @@ class UNet(nn.Module):
     return ch // self.num_head_channels
 
   def validate(self) -> None:
-    """Raises ConfigError for a configuration the reference network cannot represent."""
+    """Raises FieldError (naming the UNet field) for a network the reference cannot represent."""
     if self.dtype not in _DTYPES:
-      raise ConfigError('model.dtype', f'unknown compute dtype {self.dtype!r}',
-                        f'use one of {sorted(_DTYPES)}')
+      raise FieldError('dtype', f'unknown compute dtype {self.dtype!r}',
+                       f'use one of {sorted(_DTYPES)}')
     if not self.channel_mult:
-      raise ConfigError('model.channel_mult', 'is empty', 'give one multiplier per level')
+      raise FieldError('channel_mult', 'is empty', 'give one multiplier per level')
     if self.image_size % 2 ** (len(self.channel_mult) - 1):
-      raise ConfigError('model.image_size',
-                        f'{self.image_size} is not divisible by 2^{len(self.channel_mult) - 1}',
-                        'use a size divisible by 2 to the number of down-sampling levels')
+      raise FieldError('image_size',
+                       f'{self.image_size} is not divisible by 2^{len(self.channel_mult) - 1}',
+                       'use a size divisible by 2 to the number of down-sampling levels')
     if not 0.0 <= self.dropout < 1.0:
-      raise ConfigError('model.dropout', f'{self.dropout} is not in [0, 1)', 'use e.g. 0.0')
+      raise FieldError('dropout', f'{self.dropout} is not in [0, 1)', 'use e.g. 0.0')
     for mult in self.channel_mult:
       ch = self.model_channels * mult
       if ch % self.num_groups:
-        raise ConfigError('model.num_groups',
-                          f'{ch} channels are not divisible into {self.num_groups} groups',
-                          'choose model_channels * channel_mult divisible by num_groups')
+        raise FieldError('num_groups',
+                         f'{ch} channels are not divisible into {self.num_groups} groups',
+                         'choose model_channels * channel_mult divisible by num_groups')
       if self.num_head_channels == -1:
         if self.num_heads < 1 or ch % self.num_heads:
-          raise ConfigError('model.num_heads', f'{ch} channels do not split into '
-                            f'{self.num_heads} heads', 'choose a divisor of the width')
+          raise FieldError('num_heads', f'{ch} channels do not split into '
+                           f'{self.num_heads} heads', 'choose a divisor of the width')
       elif self.num_head_channels < 1 or ch % self.num_head_channels:
-        raise ConfigError('model.num_head_channels',
-                          f'{ch} channels are not a multiple of {self.num_head_channels}',
-                          'choose a divisor of every level width, or -1 to use num_heads')
+        raise FieldError('num_head_channels',
+                         f'{ch} channels are not a multiple of {self.num_head_channels}',
+                         'choose a divisor of every level width, or -1 to use num_heads')
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: Optional[jax.Array] = None, *,
@@ -304,15 +306,16 @@ _FIELDS = ('image_size', 'in_channels', 'out_channels', 'model_channels', 'chann
            'num_heads', 'num_groups', 'dropout', 'dtype', 'remat')
 
 
-def unet_from_config(model_config: Any) -> UNet:
+def unet_from_config(model_config: Any, *, in_channels: Optional[int] = None) -> UNet:
   """Builds a UNet from a ConfigDict (or mapping) with UNet's field names; validates it.
 
-  Fields that are absent take UNet's defaults; `image_size` is required.
+  Fields that are absent take UNet's defaults; `image_size` is required. `in_channels` is the
+  network role's input layout (ivd_jax.roles) and overrides the config's field.
   """
   get = model_config.get if hasattr(model_config, 'get') else lambda k, d=None: getattr(
       model_config, k, d)
   if get('image_size') is None:
-    raise ConfigError('model.image_size', 'is missing', 'set the training/sampling resolution')
+    raise FieldError('image_size', 'is missing', 'set the training/sampling resolution')
   kwargs = {}
   for field in _FIELDS:
     value = get(field, None)
@@ -323,6 +326,30 @@ def unet_from_config(model_config: Any) -> UNet:
     if field == 'num_classes' and not value:
       continue  # 0 and None both mean unconditional; keep one canonical UNet.
     kwargs[field] = value
+  if in_channels is not None:
+    kwargs['in_channels'] = int(in_channels)
   model = UNet(**kwargs)
   model.validate()
   return model
+
+
+def widen_input(params: Mapping[str, Any], in_channels: int) -> dict[str, Any]:
+  """UNet parameters with a wider first conv: G_u -> G_c initial parameters (docs/method.md §6).
+
+  The first conv gets `in_channels` inputs; the original inputs (x_t) keep their weights, the new
+  ones (mask_rgb, y_rgb, y_depth, mask) start at zero, so G_c initially computes exactly G_u.
+  """
+  flat = traverse_util.flatten_dict(dict(params), sep='/')
+  name = 'input_blocks_0_0/kernel'
+  if name not in flat:
+    raise UserError(f'params have no {name!r}. Fix: pass UNet params (the "params" collection).')
+  kernel = flat[name]
+  old = kernel.shape[2]
+  if in_channels < old:
+    raise UserError(f'cannot widen a {old}-channel input to {in_channels} channels. '
+                    'Fix: pass in_channels >= the current input channels.')
+  pad = [(0, 0), (0, 0), (0, in_channels - old), (0, 0)]
+  flat = dict(flat)
+  flat[name] = (jnp.pad(kernel, pad) if isinstance(kernel, jax.Array) else
+                np.pad(np.asarray(kernel), pad))
+  return traverse_util.unflatten_dict(flat, sep='/')

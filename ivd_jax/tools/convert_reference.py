@@ -3,7 +3,6 @@ r"""Converts the authors' PyTorch ADM checkpoints (`AdmUnet2d`) into ivd_jax UNe
 Library:
   unet_from_kwargs(kwargs) -> UNet
   from_state_dict(state_dict, kwargs) -> (UNet, params)
-  widen_to_conditional(params, in_channels=10) -> params     # G_u -> G_c initialisation
 
 Command line (torch is needed only to read a .pt file; an .npz of arrays works without it):
   python -m ivd_jax.tools.convert_reference --checkpoint ckpt.pt --config config.json \
@@ -11,7 +10,7 @@ Command line (torch is needed only to read a .pt file; an .npz of arrays works w
 
 `config.json` is the reference's training config (the UNet arguments under backbone.args) or the
 bare constructor arguments. The output is a params-only checkpoint written with
-ivd_jax.training.checkpoint.save_params, which sampling restores with load_params.
+ivd_jax.checkpoint.save_params, which sampling restores with load_params.
 """
 from __future__ import annotations
 
@@ -28,7 +27,9 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from ivd_jax import checkpoint
 from ivd_jax.errors import UserError
+from ivd_jax.models import unet as unet_lib
 from ivd_jax.models.unet import UNet
 
 # Reference constructor arguments that ivd_jax implements with one fixed value.
@@ -175,28 +176,6 @@ def from_state_dict(state_dict: Mapping[str, Any], kwargs: Mapping[str, Any], *,
   return model, traverse_util.unflatten_dict(flat, sep='/')
 
 
-def widen_to_conditional(params: Mapping[str, Any], in_channels: int = 10) -> Dict[str, Any]:
-  """G_u parameters -> G_c initial parameters (METHOD 6).
-
-  The first conv gets `in_channels` inputs; the original inputs (x_t) keep their weights, the new
-  ones (mask_rgb, y_rgb, y_depth, mask) start at zero, so G_c initially computes exactly G_u.
-  """
-  flat = traverse_util.flatten_dict(dict(params), sep='/')
-  name = 'input_blocks_0_0/kernel'
-  if name not in flat:
-    raise UserError(f'params have no {name!r}. Fix: pass UNet params (the "params" collection).')
-  kernel = flat[name]
-  old = kernel.shape[2]
-  if in_channels < old:
-    raise UserError(f'cannot widen a {old}-channel input to {in_channels} channels. '
-                    'Fix: pass in_channels >= the current input channels.')
-  pad = [(0, 0), (0, 0), (0, in_channels - old), (0, 0)]
-  flat = dict(flat)
-  flat[name] = (jnp.pad(kernel, pad) if isinstance(kernel, jax.Array) else
-                np.pad(np.asarray(kernel), pad))
-  return traverse_util.unflatten_dict(flat, sep='/')
-
-
 def model_config(model: UNet) -> ml_collections.ConfigDict:
   """The `config.model` section that rebuilds `model` with unet_from_config."""
   return ml_collections.ConfigDict({
@@ -256,9 +235,8 @@ def main(argv: Optional[list] = None) -> int:
     kwargs = _reference_kwargs(json.load(f))
   model, params = from_state_dict(_load_state_dict(args.checkpoint), kwargs)
   if args.widen_to:
-    params = widen_to_conditional(params, args.widen_to)
+    params = unet_lib.widen_input(params, args.widen_to)
     model = model.clone(in_channels=args.widen_to)
-  from ivd_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict({'model': model_config(model)})
   checkpoint.save_params(args.out, params, config)
   count = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(params))

@@ -6,13 +6,20 @@ import sys
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
 from absl import logging
 from etils import epath
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
 
-from ivd_jax.data import pairs as pairs_lib
+from ivd_jax import roles
+from ivd_jax.diffusion import samplers
+from ivd_jax.diffusion import schedule as schedule_lib
+from ivd_jax.io import images
+from ivd_jax.models import unet as unet_lib
 
 
 class MetricWriter:
@@ -38,7 +45,6 @@ class MetricWriter:
       if len(self._lines) != len(lines):
         self.path.write_text(''.join(self._lines))
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
 
   def write_metrics(self, metrics: dict[str, Any]) -> None:
@@ -78,7 +84,6 @@ class Progress:
   def __init__(self, start: int, total: int, *, enabled: bool, desc: str):
     self._bar = None
     if enabled:
-      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm(total=total, initial=start, desc=desc, unit='step', file=sys.stderr,
                        dynamic_ncols=True, smoothing=0.1)
     self._n = start
@@ -97,16 +102,52 @@ class Progress:
       self._bar.close()
 
 
-def preview_conditions(batch: dict[str, jax.Array], config: ml_collections.ConfigDict,
-                       pair_kwargs: dict[str, Any]) -> dict[str, jax.Array]:
-  """G_c conditions for the preview grids: pairs of the first examples of a batch, fixed key."""
+def preview_conditions(batch: dict[str, jax.Array], config: ml_collections.ConfigDict
+                       ) -> Optional[dict[str, jax.Array]]:
+  """The role's conditions of the first examples of a batch (fixed key); None if it has none."""
+  role = roles.role_of(config)
+  if role.make_condition is None:
+    return None
   n = config.log.num_samples
   fn = jax.jit(lambda rgbd: dict(
-      target=rgbd[:n], **pairs_lib.make_training_pairs(
-          rgbd[:n], jax.random.PRNGKey(config.train.seed + 1), **pair_kwargs)))
+      target=rgbd[:n], **role.make_condition(
+          rgbd[:n], jax.random.PRNGKey(config.train.seed + 1), config)))
   out = fn(batch['rgbd'])
   # Replicate (all processes hold the full small arrays) so any host can read them.
   return jax.tree.map(lambda x: jax.device_put(x, _replicated_like(x)), out)
+
+
+def make_preview_fn(model: unet_lib.UNet, config: ml_collections.ConfigDict
+                    ) -> Callable[..., jax.Array]:
+  """DDIM samples from EMA params: from noise, or from the role's conditions with edits.
+
+  Predicted x_0 is clipped to [-1, 1] at every step: a young network's few-step DDIM otherwise
+  amplifies its eps error at large t (x_0 = x_t / sqrt(abar_t) - ..., 1 / sqrt(abar_999) ~ 156)
+  into saturated noise, and the previews would hide how far training has come.
+  """
+  schedule = schedule_lib.schedule_from_config(config.diffusion)
+  role = roles.role_of(config)
+  steps = int(config.log.sample_steps)
+  num_classes = int(config.model.num_classes or 0)
+
+  def preview(ema_params, key, cond):
+    n = config.log.num_samples
+    res = config.model.image_size
+    k_x, k_hole = jax.random.split(key)
+    x_T = jax.random.normal(k_x, (n, res, res, 4), jnp.float32)
+    labels = (jnp.arange(n) % num_classes).astype(jnp.int32) if num_classes else None
+    net = lambda x, t: model.apply({'params': ema_params}, x, t, labels)
+    if cond is None:
+      return samplers.ddim_sample(net, x_T, schedule=schedule, steps=steps, clip_denoised=True)
+    eps_fn = role.eps_fn(net, cond, k_hole)
+    edits = samplers.ConditionEdits(
+        rgb=cond['y_rgb'], depth=cond['y_depth'], mask_rgb=cond['mask_rgb'], mask=cond['mask'],
+        hull=None, rgb_weight=config.log.replace_rgb, depth_weight=config.log.replace_depth,
+        hull_weight=config.log.constrain_depth)
+    return samplers.ddim_sample(eps_fn, x_T, schedule=schedule, steps=steps, edits=edits,
+                                clip_denoised=True)
+
+  return jax.jit(preview)
 
 
 def _replicated_like(x: jax.Array) -> jax.sharding.Sharding:
@@ -126,20 +167,19 @@ def preview_grid(samples: np.ndarray, cond: Optional[dict[str, np.ndarray]]) -> 
   G_u rows: [sample RGB, sample depth]. G_c rows: [condition RGB, condition depth, sample RGB,
   sample depth, target RGB, target depth]; condition holes are black.
   """
-  from ivd_jax.inference import export  # pylint: disable=g-import-not-at-top
   s = _to01(samples)
   tiles = []
   for i in range(s.shape[0]):
     row = []
     if cond is not None:
-      row += [export.to_uint8(_to01(cond['y_rgb'][i]) * cond['mask_rgb'][i]),
-              export.colourise_depth(_to01(cond['y_depth'][i]), cond['mask'][i])]
-    row += [export.to_uint8(s[i, ..., :3]), export.colourise_depth(s[i, ..., 3:])]
+      row += [images.to_uint8(_to01(cond['y_rgb'][i]) * cond['mask_rgb'][i]),
+              images.colourise_depth(_to01(cond['y_depth'][i]), cond['mask'][i])]
+    row += [images.to_uint8(s[i, ..., :3]), images.colourise_depth(s[i, ..., 3:])]
     if cond is not None:
-      row += [export.to_uint8(_to01(cond['target'][i][..., :3])),
-              export.colourise_depth(_to01(cond['target'][i][..., 3:]))]
+      row += [images.to_uint8(_to01(cond['target'][i][..., :3])),
+              images.colourise_depth(_to01(cond['target'][i][..., 3:]))]
     tiles += row
-  return export.image_grid(np.stack(tiles), cols=len(row))
+  return images.image_grid(np.stack(tiles), cols=len(row))
 
 
 def write_preview(writer: MetricWriter, workdir: str, step: int, preview_fn: Callable[..., Any],

@@ -24,7 +24,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from ivd_jax.training import presets
+from ivd_jax import errors
+from ivd_jax import roles
+from ivd_jax.data import records
+from ivd_jax.evaluation import consistency
+from ivd_jax.geometry import cameras
+from ivd_jax.io import jsonio
+from ivd_jax.pipelines import prepare as prepare_pipeline
+from ivd_jax.pipelines import sample as sample_pipeline
+from ivd_jax.pipelines import train
+from ivd_jax.sampling import settings as sample_settings
+from ivd_jax.training import checks
 
 
 def _say(message: str) -> None:
@@ -33,57 +43,36 @@ def _say(message: str) -> None:
   logging.info('quickstart: %s', message)
 
 
-def stage_config(config: ml_collections.ConfigDict, workdir: str, *,
-                 conditional: bool) -> ml_collections.ConfigDict:
-  """The training config of G_u or G_c: the `tiny` preset with the quickstart's overrides."""
-  c = presets.train_config('tiny', conditional=conditional)
-  c.data = ml_collections.ConfigDict(config.data.to_dict())
+def stage_config(config: ml_collections.ConfigDict, workdir: str,
+                 role: str) -> ml_collections.ConfigDict:
+  """The training config of stage `role` ('uncond' or 'cond') with its workdir paths filled in."""
+  c = ml_collections.ConfigDict(config[role].to_dict())
   c.data.dir = config.data.dir or os.path.join(workdir, 'data')
-  for key, value in config.model.items():
-    c.model[key] = value
-  c.model.in_channels = 10 if conditional else 4
-  c.mesh = ml_collections.ConfigDict(config.mesh.to_dict())
-  for key, value in (config.train_cond if conditional else config.train_uncond).items():
-    c.train[key] = value
-  for key, value in config.get('optim', {}).items():
-    c.optim[key] = value
-  # One checkpoint at the end (resume granularity is a whole stage on this small run), no
-  # periodic preview grids: the sampled view sets are the pictures.
-  c.checkpoint.every_steps = c.train.num_steps
-  c.log.every_steps = max(1, min(c.log.every_steps, c.train.num_steps))
-  c.log.sample_every_steps = 0
-  if conditional:
-    c.init_from = os.path.join(workdir, 'uncond')
+  init_from = roles.get(c.role).init_from
+  if init_from:
+    c.init_from = os.path.join(workdir, init_from)
   return c
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs all stages; returns (and writes) the summary with both consistency figures."""
-  from ivd_jax.data import builders  # pylint: disable=g-import-not-at-top
-  from ivd_jax.data import procedural  # pylint: disable=g-import-not-at-top
-  from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top
-  from ivd_jax.evaluation import consistency  # pylint: disable=g-import-not-at-top
-  from ivd_jax.inference import export  # pylint: disable=g-import-not-at-top
-  from ivd_jax.inference import views as views_lib  # pylint: disable=g-import-not-at-top
-  from ivd_jax.training import train  # pylint: disable=g-import-not-at-top
-
   os.makedirs(workdir, exist_ok=True)
   timings, t_all = {}, time.perf_counter()
-  uncond_cfg = stage_config(config, workdir, conditional=False)
-  cond_cfg = stage_config(config, workdir, conditional=True)
+  uncond_cfg = stage_config(config, workdir, 'uncond')
+  cond_cfg = stage_config(config, workdir, 'cond')
   # Validate every stage before the first one spends minutes (G_c's init_from appears later).
   early_cond = ml_collections.ConfigDict(cond_cfg.to_dict())
   early_cond.init_from = ''
   for c in (uncond_cfg, early_cond):
-    train.validate_config(c, num_devices=jax.device_count(), process_count=jax.process_count())
-  views_lib.SampleSettings.from_config(config.sample).validate()
-  views_lib.SampleSettings.from_config(_novel_sample_config(config)).validate()
+    checks.validate_config(c, num_devices=jax.device_count(), process_count=jax.process_count())
+  sample_settings.SampleSettings.from_config(config.sample).validate()
+  sample_settings.SampleSettings.from_config(_novel_sample_config(config)).validate()
+  _check_truth_cameras(config)
 
   t0 = time.perf_counter()
   _say(f'1/6 preparing {config.data.num_examples} procedural scenes at '
        f'{config.data.resolution} px -> {uncond_cfg.data.dir}')
-  builders.prepare(ml_collections.ConfigDict({'mode': 'prepare', 'data': uncond_cfg.data}),
-                   workdir)
+  prepare_pipeline.run(uncond_cfg, workdir)
   timings['prepare_s'] = time.perf_counter() - t0
 
   for name, c, sub in (('G_u', uncond_cfg, 'uncond'), ('G_c', cond_cfg, 'cond')):
@@ -107,7 +96,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   _say(f'4/6 full generation: {s.num_instances} instances of view set {s.viewset!r} '
        f'({s.steps_uncond} {s.sampler_uncond.upper()} G_u steps for view 0, {s.steps_cond} DDIM '
        'G_c steps per further view) and a fusion video')
-  full = views_lib.sample_and_export(_sample_config(config, workdir, config.sample), workdir)
+  full = sample_pipeline.sample_and_export(_sample_config(config, workdir, config.sample), workdir)
   timings['sample_full_s'] = time.perf_counter() - t0
 
   # Novel views of unseen scenes: view 0 is the TRUE render of a held-out procedural scene (the
@@ -119,27 +108,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   t0 = time.perf_counter()
   novel_sample = _novel_sample_config(config)
   n = novel_sample.num_instances
-  seeds = [config.ceiling_seed + i for i in range(n)]
-  _say(f'5/6 novel views of {n} unseen scenes (procedural seeds {seeds[0]}..{seeds[-1]}): true '
-       f'view 0, {novel_sample.steps_cond} DDIM G_c steps per further view with condition edits '
-       f'rgb {novel_sample.replace_rgb} / depth {novel_sample.replace_depth}')
-  first = np.stack([
-      procedural.render_rgbd(procedural.sample_scene(seed), cameras.SOURCE_VIEW,
-                             config.data.resolution, near=config.data.near, far=config.data.far,
-                             fov_deg=novel_sample.fov_deg) for seed in seeds]).astype(np.float32)
-  novel = views_lib.sample_and_export(_sample_config(config, workdir, novel_sample), workdir,
-                                      first_rgbd=first)
+  # The held-out truth: the test split prepare wrote (true renders of unseen scenes on the
+  # cameras of the sampled view set, checked up front by _check_truth_cameras).
+  truth = records.read_test_views(uncond_cfg.data.dir, max(config.ceiling_scenes, n))
+  seeds = truth['scene_seed'].tolist()
+  _say(f'5/6 novel views of {n} unseen test-split scenes: true view 0, {novel_sample.steps_cond} '
+       f'DDIM G_c steps per further view with condition edits rgb {novel_sample.replace_rgb} / '
+       f'depth {novel_sample.replace_depth}')
+  novel = sample_pipeline.sample_and_export(_sample_config(config, workdir, novel_sample),
+                                            workdir, first_rgbd=truth['rgbd'][:n, 0])
   timings['sample_novel_s'] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
   _say('6/6 consistency ceiling: true views of the held-out procedural scenes on the same '
        'cameras')
-  ceiling_seeds = [config.ceiling_seed + i for i in range(max(config.ceiling_scenes, n))]
-  ceiling = consistency.procedural_ceiling(
-      ceiling_seeds, np.asarray(full['instances'][0]['views']), config.data.resolution,
-      near=s.near, far=s.far, data_near=config.data.near, data_far=config.data.far,
-      fov_deg=s.fov_deg, ssaa=s.ssaa, atol=s.atol, rtol=s.rtol,
-      neighbours=s.consistency_neighbours or None)
+  # The true views in the data encoding (what the networks output), scored like generated views.
+  ceiling = consistency.pairwise_consistency(
+      truth['rgbd'], truth['views'][0], near=s.near, far=s.far, fov_deg=s.fov_deg, ssaa=s.ssaa,
+      atol=s.atol, rtol=s.rtol, neighbours=s.consistency_neighbours or None)
   timings['ceiling_s'] = time.perf_counter() - t0
   timings['total_s'] = time.perf_counter() - t_all
 
@@ -162,24 +148,38 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         'timings': manifest['timings'],
     }
     if jax.process_index() == 0:
-      export.write_manifest(os.path.join(out_dir, 'manifest.json'), manifest)
-  runs['novel_views']['scene_seeds'] = seeds
+      jsonio.write_manifest(os.path.join(out_dir, 'manifest.json'), manifest)
+  runs['novel_views']['scene_seeds'] = seeds[:n]
   runs['novel_views']['condition_edits'] = {
       k: float(novel_sample[k]) for k in ('replace_rgb', 'replace_depth', 'constrain_depth')}
   summary = {
       **runs,
       'consistency_ceiling': ceiling,
-      'ceiling_scene_seeds': ceiling_seeds,
+      'ceiling_scene_seeds': seeds,
       'timings': timings,
-      # The full-generation run under the keys earlier summaries used.
-      'samples': runs['full_generation']['samples'],
-      'consistency': runs['full_generation']['consistency'],
-      'instances': runs['full_generation']['instances'],
   }
   if jax.process_index() == 0:
-    export.write_manifest(os.path.join(workdir, 'quickstart_summary.json'), summary)
+    jsonio.write_manifest(os.path.join(workdir, 'quickstart_summary.json'), summary)
     _print_summary(summary)
   return summary
+
+
+def _check_truth_cameras(config: ml_collections.ConfigDict) -> None:
+  """The test split's true views must be the sampled view set's cameras (same truth, two uses)."""
+  d, s = config.data, config.sample
+  same = d.novel_viewset == s.viewset and (
+      s.viewset != 'custom' or np.allclose(cameras.viewset_poses(list(d.novel_poses)),
+                                           cameras.viewset_poses(list(s.custom_poses))))
+  if not same or s.viewset == 'random':
+    raise errors.ConfigError(
+        'data.novel_viewset', f'the test split holds view set {d.novel_viewset!r} but the '
+        f'quickstart samples {s.viewset!r}',
+        'set data.novel_viewset to sample.viewset (and data.novel_poses to sample.custom_poses '
+        "for 'custom'; 'random' differs per scene and cannot be the ceiling)")
+  if config.ceiling_scenes > d.num_eval_examples:
+    raise errors.ConfigError('ceiling_scenes', f'{config.ceiling_scenes} scenes asked of a test '
+                             f'split of {d.num_eval_examples}',
+                             'raise data.num_eval_examples or lower ceiling_scenes')
 
 
 def _sample_config(config: ml_collections.ConfigDict, workdir: str,

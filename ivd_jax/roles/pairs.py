@@ -1,4 +1,4 @@
-"""G_c training pairs made from single RGBD images, on device (METHOD 5).
+"""G_c training pairs made from single RGBD images, on device (docs/method.md §5).
 
 One image is warped to a random camera and back (forward_backward_warp): what survives is the part
 of the image that the random camera sees, with the artifacts of two warps, exactly the kind of
@@ -10,11 +10,11 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from ivd_jax.data import augment
+from ivd_jax.roles import augment
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import warp
 
-# METHOD 5 defaults.
+# docs/method.md §5 defaults.
 PREWARP_NOISE = 0.005
 BLUR_PROB = 0.8
 BLUR_SIGMA_MAX = 1.0
@@ -33,7 +33,7 @@ def make_training_pair(rgbd01: jax.Array, key: jax.Array, *, near: float, far: f
       cameras.SOURCE_VIEW.
     key: PRNG key of this example.
     near, far: the depth encoding's planes (training data: 0.5, 100).
-    fov_deg, ssaa, atol, rtol: warp settings (METHOD 4 training values by default).
+    fov_deg, ssaa, atol, rtol: warp settings (docs/method.md §4 training values by default).
     prewarp_noise: sigma ~ U(0, prewarp_noise) of the noise added to RGBD before warping.
     blur_prob: probability that the condition's colour is the ORIGINAL colour blurred with a
       3x3 Gaussian, sigma ~ U(0, blur_sigma_max) + 1e-3, instead of the warped colour.

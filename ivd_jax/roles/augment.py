@@ -1,4 +1,4 @@
-"""Jittable image augmentations used to build G_c training pairs (METHOD 5)."""
+"""Jittable image augmentations used to build G_c training pairs (docs/method.md §5)."""
 import jax
 import jax.numpy as jnp
 

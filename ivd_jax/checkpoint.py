@@ -1,7 +1,7 @@
 """The one orbax wrapper: training checkpoints and exported parameters.
 
 Training checkpoints live in WORKDIR/checkpoints/<step>/ with three items:
-  state   the TrainState as a dict {step, params, ema_params, opt_state, rng} (sharded arrays);
+  state   the train state as a dict {step, params, ema_params, opt_state, rng} (sharded arrays);
   data    the input iterator state, one JSON file per process (each host feeds its own slice);
   config  the run's configuration as JSON.
 Saves are asynchronous: the step loop continues while the arrays are written, and every
@@ -19,13 +19,11 @@ from typing import Any, Optional, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
 from ivd_jax import errors
-from ivd_jax.training.state import TrainState
 
 CHECKPOINT_SUBDIR = 'checkpoints'
 _ITEMS = ('state', 'data', 'config')
@@ -85,14 +83,13 @@ def _preservation_options(keep: int, keep_every: int) -> dict[str, Any]:
   orbax 0.12 deprecates max_to_keep/keep_period in favour of preservation policies; older
   orbax (0.11) only has the former.
   """
-  try:
-    from orbax.checkpoint import checkpoint_managers as cm  # pylint: disable=g-import-not-at-top
-    policies = [cm.LatestN(n=keep)]
-    if keep_every:
-      policies.append(cm.EveryNSteps(interval_steps=keep_every))
-    return dict(preservation_policy=cm.AnyPreservationPolicy(policies))
-  except (ImportError, AttributeError):
+  cm = getattr(ocp, 'checkpoint_managers', None)
+  if cm is None or not hasattr(cm, 'AnyPreservationPolicy'):
     return dict(max_to_keep=keep, keep_period=keep_every or None)
+  policies = [cm.LatestN(n=keep)]
+  if keep_every:
+    policies.append(cm.EveryNSteps(interval_steps=keep_every))
+  return dict(preservation_policy=cm.AnyPreservationPolicy(policies))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,9 +133,12 @@ class Checkpointer:
     """True on every process once any host got a preemption notice (multi-host agreement)."""
     return self._manager.reached_preemption(step)
 
-  def save(self, step: int, state: TrainState, *, data_state: Optional[dict[str, Any]],
+  def save(self, step: int, state: Any, *, data_state: Optional[dict[str, Any]],
            config: Any) -> None:
-    """Starts an asynchronous save of the state at `step` (returns once arrays are copied)."""
+    """Starts an asynchronous save of `state` (a dataclass with to_dict()) at `step`.
+
+    Returns once the arrays are copied; the write continues in the background.
+    """
     if step in self._manager.all_steps():
       return
     self._manager.save(
@@ -149,12 +149,13 @@ class Checkpointer:
             config=ocp.args.JsonSave(_config_to_json(config))),
         force=True)
 
-  def restore(self, abstract_state: TrainState, step: Optional[int] = None
-              ) -> tuple[TrainState, Optional[dict[str, Any]], dict[str, Any], int]:
+  def restore(self, abstract_state: Any, step: Optional[int] = None
+              ) -> tuple[Any, Optional[dict[str, Any]], dict[str, Any], int]:
     """Restores onto the shardings of `abstract_state` (any mesh or device count).
 
     Args:
-      abstract_state: TrainState of jax.ShapeDtypeStruct with the target shardings.
+      abstract_state: the state (a dataclass with to_dict / from_dict, e.g. TrainState) of
+        jax.ShapeDtypeStruct with the target shardings; the restored state has its type.
       step: a specific step; default the latest step that restores cleanly (a damaged newest
         checkpoint is skipped with a warning).
 
@@ -180,7 +181,7 @@ class Checkpointer:
         last_error = e
         continue
       data_state = restored['data'] or None
-      return TrainState.from_dict(restored['state']), data_state, restored['config'], s
+      return type(abstract_state).from_dict(restored['state']), data_state, restored['config'], s
     raise RuntimeError(f'no checkpoint in {self.directory} restores') from last_error
 
   def wait(self) -> None:
@@ -298,10 +299,6 @@ def load_params(path: str, *, ema: bool = True, sharding: Any = None
   raise errors.UserError(
       f'{path} holds neither training checkpoints ({CHECKPOINT_SUBDIR}/<step>) nor exported '
       'params (params/ + config.json): point to a training workdir or a converted checkpoint')
-
-
-def params_num_bytes(params: Any) -> int:
-  return int(sum(np.dtype(x.dtype).itemsize * x.size for x in jax.tree.leaves(params)))
 
 
 def workdir_checkpoint_dir(workdir: str) -> str:

@@ -1,1 +1,0 @@
-"""Sequential multi-view sampling and exports."""
