@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import prepare as prepare_config  # pylint: disable=wrong-import-position
+from ivd_jax.configs import prepare as prepare_config  # pylint: disable=wrong-import-position
 from ivd_jax import parallel  # pylint: disable=wrong-import-position
 from ivd_jax.data import pipeline  # pylint: disable=wrong-import-position
 from ivd_jax.pipelines import prepare  # pylint: disable=wrong-import-position

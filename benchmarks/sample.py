@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import common
+from ivd_jax.configs import common
 from ivd_jax import parallel
 from ivd_jax import roles
 from ivd_jax.diffusion import schedule as schedule_lib

@@ -20,7 +20,7 @@ import numpy as np
 # Runnable as a script from anywhere: the repository root goes on the path first.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import common
+from ivd_jax.configs import common
 from ivd_jax import parallel as shard_lib
 from ivd_jax import roles
 from ivd_jax.data import procedural

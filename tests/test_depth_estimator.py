@@ -140,7 +140,7 @@ def test_batches_are_padded_and_sharded(raw_estimator):
   np.testing.assert_allclose(raw_estimator(images), one_by_one, rtol=1e-5, atol=1e-5)
   fn = raw_estimator._fn(60, 90)  # pylint: disable=protected-access
   x = raw_estimator._batch_sharding  # pylint: disable=protected-access
-  assert len(x.device_set) == 8 and x.spec == de.P(('data', 'fsdp'))
+  assert len(x.device_set) == 8 and x.spec == de.P(tuple(raw_estimator.mesh.axis_names))
   assert fn is raw_estimator._fn(60, 90)  # pylint: disable=protected-access
 
 
@@ -194,7 +194,7 @@ def test_prepare_with_estimator_on_photographs(weights, tmp_path):
   """prepare(folder of real photos, depth='estimator') writes finite in-range depth: ours."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from configs import prepare as prepare_config  # pylint: disable=g-import-not-at-top
+  from ivd_jax.configs import prepare as prepare_config  # pylint: disable=g-import-not-at-top
   from ivd_jax.data import records  # pylint: disable=g-import-not-at-top
   from ivd_jax.pipelines import prepare  # pylint: disable=g-import-not-at-top
   from ivd_jax.geometry import depth as depth_lib  # pylint: disable=g-import-not-at-top

@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import eval as eval_config
-from configs import prepare
+from ivd_jax.configs import eval as eval_config
+from ivd_jax.configs import prepare
 from ivd_jax import checkpoint
 from ivd_jax import errors
 from ivd_jax import main as ivd_main

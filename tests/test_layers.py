@@ -20,7 +20,7 @@ SOURCE_DIR = ROOT / PACKAGE
 # The first component under ivd_jax/ (a package or a top-level module) -> its rank.
 # '__init__' is ivd_jax/__init__.py itself (what `import ivd_jax` runs).
 LAYERS = {
-    '__init__': 0, 'errors': 0,
+    '__init__': 0, 'errors': 0, 'configs': 0,
     'geometry': 1, 'diffusion': 1,
     'models': 2,
     'roles': 3,
@@ -30,6 +30,9 @@ LAYERS = {
     'tools': 7,
     'main': 8,
 }
+# configs/ is data (ConfigDicts, the one home of every default number): only the entry points
+# may read it; library code takes its settings from the config it is given.
+CONFIG_READERS = frozenset({'configs', 'main', 'tools'})
 # (importer, imported) pairs of the same rank that may import each other.
 SIDEWAYS_ALLOWED = frozenset({('checkpoint', 'parallel')})
 # Top-level modules that may be imported inside a function (optional, heavy dependencies).
@@ -129,6 +132,9 @@ def check_source(source: str, path: str) -> list[str]:
       pass
     elif dst not in LAYERS:
       messages.append(f'`{imp.text}` imports {PACKAGE}.{dst}, which has no layer')
+    elif dst == 'configs' and src not in CONFIG_READERS:
+      messages.append(f'`{imp.text}`: {src} reads configs/ directly; take the settings from the '
+                      'config passed in (only main and tools load config files)')
     elif LAYERS[dst] > LAYERS[src]:
       messages.append(f'`{imp.text}` points up: {src} (rank {LAYERS[src]}) imports {dst} '
                       f'(rank {LAYERS[dst]})')
@@ -231,6 +237,15 @@ def test_checker_reports_a_sideways_import():
   problems = check_source('from ivd_jax.geometry import cameras\n', 'ivd_jax/diffusion/x.py')
   assert problems == ['ivd_jax/diffusion/x.py:1: `from ivd_jax.geometry import cameras` points '
                       'sideways: diffusion and geometry are both rank 1']
+
+
+def test_checker_reports_library_code_reading_configs():
+  assert check_source('from ivd_jax.configs import common\n', 'ivd_jax/training/step.py') == [
+      'ivd_jax/training/step.py:1: `from ivd_jax.configs import common`: training reads configs/ '
+      'directly; take the settings from the config passed in (only main and tools load config '
+      'files)']
+  for reader in ('ivd_jax/main.py', 'ivd_jax/tools/warp_demo.py', 'ivd_jax/configs/cond.py'):
+    assert check_source('from ivd_jax.configs import common\n', reader) == []
 
 
 def test_checker_reports_a_function_level_import():

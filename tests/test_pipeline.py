@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import prepare as prepare_config
+from ivd_jax.configs import prepare as prepare_config
 from ivd_jax import errors
 from ivd_jax import parallel
 from ivd_jax.data import pipeline

@@ -13,7 +13,7 @@ import pytest
 import skimage.data
 import tensorflow_datasets as tfds
 
-from configs import prepare as prepare_config
+from ivd_jax.configs import prepare as prepare_config
 from ivd_jax import errors
 from ivd_jax import parallel
 from ivd_jax.data import pipeline

@@ -1,5 +1,4 @@
 """The quickstart end to end, shrunk (configs/quickstart.py:smoke): every stage runs for real."""
-import importlib.util
 import json
 import pathlib
 
@@ -9,22 +8,18 @@ import plyfile
 import pytest
 
 from ivd_jax import main as main_lib
+from ivd_jax.configs import quickstart as quickstart_config
 from ivd_jax.data import procedural
 from ivd_jax.data import records
 from ivd_jax.evaluation import consistency
 from ivd_jax.geometry import cameras
 from ivd_jax.io import video as video_io
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 RES = 16  # the smoke preset's resolution
 
 
 def _config(preset):
-  spec = importlib.util.spec_from_file_location('quickstart_config',
-                                                ROOT / 'configs' / 'quickstart.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+  return quickstart_config.get_config(preset)
 
 
 def test_default_preset_is_the_readme_run():

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common
+from ivd_jax.configs import common
 from ivd_jax import checkpoint as ckpt_lib
 from ivd_jax import errors
 from ivd_jax import parallel as shard_lib

@@ -16,9 +16,9 @@ import pytest
 
 import method_cameras  # pylint: disable=g-bad-import-order
 
-from configs import common
-from configs import prepare as prepare_config
-from configs import sample as sample_config
+from ivd_jax.configs import common
+from ivd_jax.configs import prepare as prepare_config
+from ivd_jax.configs import sample as sample_config
 from ivd_jax import checkpoint
 from ivd_jax import errors
 from ivd_jax import main as ivd_main

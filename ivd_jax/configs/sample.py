@@ -17,7 +17,7 @@ Outputs go to DIR/samples/<run_name>/ (see ivd_jax/pipelines/sample.py).
 """
 import ml_collections
 
-from configs import common
+from ivd_jax.configs import common
 
 
 def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:

@@ -27,7 +27,7 @@ multi-host jobs run this command on every host. configs/common.py:data_section l
 """
 import ml_collections
 
-from configs import common
+from ivd_jax.configs import common
 
 DATASET_PRESETS = ('imagenet128', 'dogs128', 'elephants128', 'horses128')
 PRESETS = ('procedural', 'folder') + DATASET_PRESETS

@@ -13,7 +13,7 @@ The 128 px presets read a dataset prepared by
   python -m ivd_jax.main --config=configs/prepare.py:<preset> --workdir=DIR
 (config.data.dir, default DIR/data).
 """
-from configs import common
+from ivd_jax.configs import common
 
 
 def get_config(arg=None):

@@ -22,7 +22,7 @@ reference statistics are cached in DIR/eval/reference_<key>.npz.
 """
 import ml_collections
 
-from configs import common
+from ivd_jax.configs import common
 
 PRESETS = ('tiny', 'imagenet128', 'files')
 

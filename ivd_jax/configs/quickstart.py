@@ -26,7 +26,7 @@ Measured on the idle 2-core development CPU (jax 0.10.2, cold compile, 2026-11-2
 """
 import ml_collections
 
-from configs import common
+from ivd_jax.configs import common
 
 
 def get_config(arg: str = 'default') -> ml_collections.ConfigDict:

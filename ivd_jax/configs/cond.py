@@ -10,7 +10,7 @@ Training pairs are made inside the jitted step by forward-backward warping each 
 random camera (config.pairs). `init_from` (a G_u workdir or exported params) starts G_c from G_u's
 weights with the six new input channels zero, as the reference does.
 """
-from configs import common
+from ivd_jax.configs import common
 
 
 def get_config(arg=None):
