@@ -1,0 +1,269 @@
+"""The sections every config shares: data, model, training recipe, sampling.
+
+The one home of every default number (docs/method.md gives where each comes from). The mode
+configs (uncond, cond, prepare, sample, eval, quickstart) build on these; presets change
+numbers, never code paths. Library code takes its settings from the resulting config.
+"""
+from typing import Optional
+
+import ml_collections
+
+PRESETS = ('tiny', 'imagenet128', 'dogs128', 'elephants128', 'horses128')
+
+# Reference datasets (docs/method.md §9), used in the "missing dataset" message.
+DATASETS = {'imagenet128': 'ImageNet (1.28 M images, 1000 classes)',
+            'dogs128': 'SDIP Dogs (125 K images)', 'elephants128': 'SDIP Elephants (38 K images)',
+            'horses128': 'LSUN Horses (163 K images)'}
+
+
+def data_section() -> ml_collections.ConfigDict:
+  """The `data` section: what prepare writes and the input pipeline and training read."""
+  d = ml_collections.ConfigDict()
+  d.source = 'procedural'  # 'procedural' | 'folder'
+  d.folder = ''  # image folder for source='folder' (ImageNet layout: class subfolders)
+  d.depth = 'exact'  # 'exact' (procedural) | 'midas' | 'depth_map' | 'estimator'
+  d.resolution = 32
+  d.num_examples = 2000  # procedural scenes
+  d.dir = ''  # the prepared dataset; '' = WORKDIR/data
+  d.seed = 0
+  d.flip = True
+  d.num_workers = 0
+  d.near = 0.5
+  d.far = 100.0
+  d.num_classes = 0
+  # Prepare only: folders, depth files and estimators, the procedural test split, shards.
+  d.split = 'train'  # split written from a folder
+  d.depth_folder = ''  # where depth files live ('' = beside each image), mirroring the layout
+  d.depth_map_kind = 'metric'  # 'metric' (planar depth) | 'inverse' (disparity)
+  d.depth_map_scale = 1.0  # raw value * scale = depth (metric) or disparity (inverse)
+  d.estimator = ''  # 'package.module:factory' for depth='estimator'
+  d.estimator_kwargs = ml_collections.ConfigDict()
+  d.estimator_batch_size = 16
+  d.estimator_resolution = 512  # the estimator sees the same centre crop at this size
+  d.max_invalid_depth = 0.05  # fraction of NaN/inf/<=0 depth filled from neighbours; more: skip
+  d.labels = 'auto'  # 'auto' (class subfolders give labels) | 'none' (all -1)
+  d.classes = ''  # optional comma-separated class list fixing the label order
+  d.num_eval_examples = 64  # procedural 'test' split
+  d.novel_viewset = '3x9'  # procedural test-split views: a view set name, 'custom' or ''
+  d.novel_poses = ()  # 'custom': (yaw, pitch[, radius]) rows, the first the source view
+  d.examples_per_shard = 1024
+  d.prepare_workers = 0  # local worker processes; 0 = all CPU cores
+  return d
+
+
+def model_section() -> ml_collections.ConfigDict:
+  """UNet fields (ivd_jax.models.unet.UNet) of the single-category 128 px network.
+
+  The input channels are not here: the network role (config.role, ivd_jax.roles) sets them.
+  """
+  m = ml_collections.ConfigDict()
+  m.image_size = 128
+  m.out_channels = 4
+  m.model_channels = 128
+  m.channel_mult = (1, 1, 2, 3, 4)
+  m.num_res_blocks = 2
+  m.attention_resolutions = (32, 16, 8)
+  m.num_classes = 0
+  m.num_head_channels = 64
+  m.num_heads = 1
+  m.num_groups = 32
+  m.dropout = 0.0
+  m.dtype = 'float32'  # compute dtype; parameters are always float32
+  m.remat = False
+  return m
+
+
+def train_config(preset: Optional[str] = 'tiny', *, role: str = 'uncond'
+                 ) -> ml_collections.ConfigDict:
+  """The full training configuration of network `role` ('uncond' = G_u, 'cond' = G_c)."""
+  preset = preset or 'tiny'
+  if preset not in PRESETS:
+    raise ValueError(f'unknown preset {preset!r}; use one of {", ".join(PRESETS)}')
+  config = ml_collections.ConfigDict()
+  config.mode = 'train'
+  config.preset = preset
+  config.role = role  # ivd_jax.roles: 'uncond' (G_u) | 'cond' (G_c)
+  # G_c only: a G_u training workdir or exported params; its weights initialise G_c with the new
+  # input channels zero (docs/method.md §6). '' = random initialisation.
+  config.init_from = ''
+
+  config.data = data_section()
+  config.model = model_section()
+
+  config.diffusion = ml_collections.ConfigDict()
+  config.diffusion.num_steps = 1000  # T
+  config.diffusion.beta_start = 1e-4
+  config.diffusion.beta_end = 0.02
+  config.diffusion.p_uncond = 0.1  # class label dropped to -1 (classifier-free guidance)
+
+  # Training pairs of G_c (docs/method.md §5); ignored by G_u.
+  # The random camera (yaw, pitch ~ N(0, 0.15^2), r = 1 + N(0, 0.1^2), target ~ N(0, 0.05^2))
+  # is geometry.cameras.random_training_view.
+  config.pairs = ml_collections.ConfigDict()
+  config.pairs.prewarp_noise = 0.005  # sigma ~ U(0, this)
+  config.pairs.blur_prob = 0.8
+  config.pairs.blur_sigma_max = 1.0
+  config.pairs.erosion_sizes = (1, 3, 5, 7, 9)
+  config.pairs.ssaa = 3
+  config.pairs.atol = 0.02
+  config.pairs.rtol = 0.02
+  config.pairs.fov_deg = 45.0
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = 500_000
+  config.train.batch_size = 64  # global, over all processes and devices
+  config.train.seed = 0
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 1e-4
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  config.optim.weight_decay = 0.0
+  config.optim.warmup_steps = 0
+  config.optim.schedule = 'constant'  # 'constant' | 'cosine'
+  config.optim.decay_steps = 0  # cosine: total steps of the decay (0 = train.num_steps)
+  config.optim.grad_clip = 0.0  # global-norm clipping; 0 = off (the reference)
+  config.optim.ema_decay = 0.9999
+  config.optim.ema_warmup = False
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.shape = (-1, 1)  # ('data', 'fsdp'); -1 = all remaining devices
+  config.mesh.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated under fsdp
+
+  # Multi-process runs (ivd_jax/distributed.py). TPU pods and SLURM steps are detected; set
+  # coordinator_address/num_processes/process_id for anything else (e.g. localhost tests).
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.coordinator_address = ''
+  config.distributed.num_processes = 1
+  config.distributed.process_id = 0
+  config.distributed.local_device_ids = ()
+  config.distributed.cpu_collectives = ''  # 'gloo' for multi-process CPU runs
+  config.distributed.enabled = False
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 5000
+  config.checkpoint.keep = 3  # latest checkpoints kept
+  config.checkpoint.keep_every = 50_000  # plus every multiple of this (0 = none)
+  config.checkpoint.async_save = True
+
+  config.log = ml_collections.ConfigDict()
+  config.log.every_steps = 100
+  config.log.progress = True  # progress bar with ETA on process 0
+  config.log.sample_every_steps = 10_000  # sample grids; 0 = never
+  config.log.num_samples = 8
+  config.log.sample_steps = 50  # DDIM steps of the preview grids
+  # G_c's preview grids edit x_0 like sampling does (the weights of the sample section).
+  sampling = sample_section()
+  for edit in ('replace_rgb', 'replace_depth', 'constrain_depth'):
+    config.log[edit] = sampling[edit]
+  config.log.tensorboard = True
+
+  if preset == 'tiny':
+    # Embedded procedural scenes at 32 px with a ~2.7 M-parameter UNet: trains on a laptop CPU.
+    config.data.resolution = 32
+    config.model.image_size = 32
+    config.model.model_channels = 32
+    config.model.channel_mult = (1, 2, 2, 2)
+    config.model.num_res_blocks = 2
+    config.model.attention_resolutions = (8,)
+    config.model.num_head_channels = 32
+    config.train.num_steps = 400
+    config.train.batch_size = 16
+    config.optim.lr = 5e-4
+    config.optim.warmup_steps = 50
+    config.optim.grad_clip = 1.0
+    config.optim.ema_decay = 0.999
+    config.optim.ema_warmup = True
+    config.checkpoint.every_steps = 200
+    config.checkpoint.keep_every = 0
+    config.log.every_steps = 20
+    config.log.sample_every_steps = 0
+    config.log.num_samples = 8
+    config.log.sample_steps = 25
+  else:
+    # The reference recipe (docs/method.md §9): AdamW 1e-4, no weight decay, no warm-up, no
+    # clipping, EMA 0.9999 every step; bfloat16 compute with float32 master weights on accelerators.
+    config.data.source = 'folder'
+    config.data.resolution = 128
+    config.model.image_size = 128
+    config.model.dtype = 'bfloat16'
+    if preset == 'imagenet128':
+      config.data.depth = 'midas'
+      config.data.num_classes = 1000
+      config.model.model_channels = 256
+      config.model.num_classes = 1000
+      config.train.batch_size = 128  # 16 per GPU x 8
+    else:
+      config.data.depth = 'midas'
+      config.train.batch_size = 64  # 8 per GPU x 8
+  return config
+
+
+def sample_section() -> ml_collections.ConfigDict:
+  """The `sample` section of configs/sample.py; eval and the quickstart reuse it."""
+  s = ml_collections.ConfigDict()
+  # Checkpoints: a training workdir (latest good step, EMA params) or an exported params checkpoint
+  # (e.g. one converted from the reference's PyTorch release).
+  s.uncond = ''
+  s.cond = ''
+  s.ema = True
+  # Cameras: 'random' | '3x9' | 'swing' | 'orbit360' | 'custom' (custom_poses: (yaw, pitch, radius)
+  # triples in radians; the first one is view 0 and should be (0, 0, 1)).
+  s.viewset = '3x9'
+  s.custom_poses = ()
+  s.num_frames = 60  # views of 'swing' / 'orbit360' view sets
+  s.num_instances = 4
+  s.batch_size = 8  # instances generated together (padded to a multiple of the device count)
+  # View-buffer slots (0 = the number of views). Larger lets view sets of different lengths share
+  # one compilation, at the cost of aggregating over every slot.
+  s.buffer_size = 0
+  s.seed = 0
+  # Class labels: 'random' (uniform draw per instance from the seed), 'uniform' (cycle through
+  # all classes evenly, the FID protocol), 'fixed' (cycle through `labels`). Ignored without
+  # classes.
+  s.label_mode = 'random'
+  s.labels = ()
+  s.guidance = 3.0  # classifier-free guidance weight w: eps = (1 + w) eps(c) - w eps(null)
+  s.sampler_uncond = 'ddpm'  # 'ddpm' (steps_uncond must be 1000) or 'ddim'
+  s.steps_uncond = 1000
+  s.steps_cond = 50  # DDIM steps of G_c
+  s.eta = 0.0  # DDIM eta for both samplers
+  s.clip_denoised = False  # clip predicted x_0 to [-1, 1] each step (the reference: False)
+  # Condition edits inside G_c's DDIM (docs/method.md §7); 0 disables an edit. The one home of
+  # these weights (training previews copy them into config.log).
+  s.replace_rgb = 0.1
+  s.replace_depth = 0.2
+  s.constrain_depth = 0.5
+  # Lifting generated views to 3D (docs/method.md §3, §8): the z-buffer depth is re-read with
+  # near/far. The depth encoding the networks were trained with (data near/far, used to turn a
+  # photo's depth into the network encoding) is read from the G_c checkpoint's own config.
+  s.near = 0.6
+  s.far = 5.0
+  s.fov_deg = 45.0
+  s.ssaa = 3
+  s.atol = 0.03
+  s.rtol = 0.03
+  s.erode = 3
+  # Start from a real photo instead of a G_u sample: image path and its depth, given as
+  # 'midas' (raw MiDaS disparity .npy/.npz, reference scale), 'zbuf' (z-buffer in [0, 1] .npy or
+  # 16-bit PNG), 'depth' (planar metric depth .npy) or 'estimator' ('module:callable' factory
+  # that returns fn(uint8 [B, H, W, 3]) -> MiDaS-scale disparity).
+  s.source_image = ''
+  s.source_depth = ''
+  s.source_depth_kind = 'midas'
+  s.estimator = ''
+  s.estimator_kwargs = ml_collections.ConfigDict()
+  # Fusion video: every generated view aggregated into a smooth camera path.
+  s.video = True
+  s.video_path = 'auto'  # 'auto' (orbit360 for that view set, else swing) | 'swing' | 'orbit360'
+  s.video_frames = 48
+  s.fps = 12.0
+  # Outputs.
+  s.run_name = ''  # default: <viewset>_seed<seed>
+  s.export = True
+  s.ply_max_depth = 0.0  # drop points farther than this (0 = keep all)
+  s.consistency = True
+  s.consistency_neighbours = 0  # 0 = every ordered pair of views; k = only the k nearest cameras
+  s.progress = True
+  return s

@@ -1,0 +1,1 @@
+"""Embedded scenes, dataset preparation, input pipeline, training pairs."""

@@ -1,0 +1,1 @@
+"""Diffusion math and samplers: pure functions over arrays, no Flax."""

@@ -1,0 +1,1 @@
+"""Cameras, depth encodings, the splat warp and multi-view aggregation."""

@@ -1,0 +1,1 @@
+"""Host-side files: pictures, videos, point clouds, JSON and image+depth ingestion."""

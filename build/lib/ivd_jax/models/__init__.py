@@ -1,0 +1,1 @@
+"""Flax networks: the ADM UNet, Inception features, monocular depth."""

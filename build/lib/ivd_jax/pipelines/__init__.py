@@ -1,0 +1,1 @@
+"""The modes (prepare, train, sample, eval, quickstart, warp_demo): where the stages meet."""

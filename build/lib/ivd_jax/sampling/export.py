@@ -1,0 +1,156 @@
+"""Writing one generated view set: per-view PNGs, grids, conditions, video, PLY, npz.
+
+Host-side numpy in the warp encoding (RGB and z-buffer depth in [0, 1]); the file formats
+themselves live in ivd_jax.io.
+"""
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from ivd_jax.geometry import cameras
+from ivd_jax.geometry import depth as depth_lib
+from ivd_jax.io import images
+from ivd_jax.io import ply
+from ivd_jax.io import video as video_io
+
+
+def fused_point_cloud(rgbds: np.ndarray, views: np.ndarray, *, near: float, far: float,
+                      fov_deg: float, masks: Optional[np.ndarray] = None,
+                      max_depth: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
+  """Lifts every pixel of every view to world space (docs/method.md §2-3).
+
+  Args:
+    rgbds: [V, H, W, 4] in [0, 1]; channel 3 is the z-buffer depth with `near`/`far`.
+    views: [V, 4, 4] world->camera matrices.
+    near, far: the z-buffer encoding used to lift the views (config.sample.near / far).
+    fov_deg: field of view.
+    masks: optional [V, H, W(, 1)] selecting which pixels to keep.
+    max_depth: optional cut-off on linear depth (drops the far background, e.g. the sky plane).
+
+  Returns:
+    points [P, 3] float32 in world space and colours [P, 3] uint8.
+  """
+  rgbds = np.asarray(rgbds, np.float32)
+  views = np.asarray(views, np.float32)
+  points, colours = [], []
+  for v in range(rgbds.shape[0]):
+    d = np.asarray(depth_lib.depth_from_zbuf(rgbds[v, ..., 3], near, far), np.float32)
+    world = np.asarray(cameras.unproject(d, views[v], fov_deg=fov_deg), np.float32)  # [H, W, 3]
+    keep = np.isfinite(world).all(-1) & (d > 0)
+    if masks is not None:
+      m = np.asarray(masks[v])
+      keep &= (m[..., 0] if m.ndim == 3 else m) > 0.5
+    if max_depth is not None:
+      keep &= d <= max_depth
+    points.append(world[keep])
+    colours.append(images.to_uint8(rgbds[v, ..., :3][keep]))
+  return np.concatenate(points, 0), np.concatenate(colours, 0)
+
+
+def export_instance(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray,
+                    cond_rgbd: Optional[np.ndarray] = None, cond_mask: Optional[np.ndarray] = None,
+                    cond_mask_rgb: Optional[np.ndarray] = None, near: float, far: float,
+                    fov_deg: float, grid_cols: Optional[int] = None,
+                    video: Optional[np.ndarray] = None, fps: float,
+                    ply_max_depth: Optional[float] = None) -> dict[str, Any]:
+  """Writes everything for one generated instance into `out_dir`.
+
+  Files: view_XX_rgb.png, view_XX_depth.png, view_XX_cond.png (condition colour beside its
+  colourised condition depth, holes black), grid_rgb.png and grid_depth.png (all views),
+  orbit.gif / orbit.mp4 (when `video` is given), points.ply (all views fused in world space),
+  arrays.npz (rgbd, views and the conditions).
+
+  Args:
+    out_dir: the instance folder.
+    rgbd: [V, H, W, 4] generated views in [0, 1] (z-buffer depth with the data near/far).
+    views: [V, 4, 4].
+    cond_rgbd, cond_mask, cond_mask_rgb: [V, H, W, 4] / [V, H, W, 1] conditions G_c was given
+      (view 0's condition is empty).
+    near, far: z-buffer encoding used to lift views to 3D for the PLY.
+    fov_deg: field of view.
+    grid_cols: views per grid row (default: all views of a 3x9 set in 9 columns).
+    video: optional [T, H, W, 3] fusion-rendered orbit frames (fusion_video).
+    fps: video frame rate.
+    ply_max_depth: optional linear-depth cut-off for the point cloud.
+
+  Returns:
+    dict of the written paths (relative to out_dir) and the point count.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  rgbd = np.asarray(rgbd, np.float32)
+  num_views = rgbd.shape[0]
+  files: dict[str, Any] = {'views': []}
+  for v in range(num_views):
+    entry = {
+        'rgb': f'view_{v:02d}_rgb.png',
+        'depth': f'view_{v:02d}_depth.png',
+    }
+    images.save_png(os.path.join(out_dir, entry['rgb']), rgbd[v, ..., :3])
+    images.save_png(os.path.join(out_dir, entry['depth']), images.colourise_depth(rgbd[v, ..., 3]))
+    if cond_rgbd is not None and v > 0:
+      m_rgb = cond_mask_rgb[v] if cond_mask_rgb is not None else cond_mask[v]
+      cond_picture = np.concatenate([
+          images.to_uint8(cond_rgbd[v, ..., :3] * m_rgb),
+          images.colourise_depth(cond_rgbd[v, ..., 3], cond_mask[v]),
+      ], axis=1)
+      entry['cond'] = f'view_{v:02d}_cond.png'
+      images.save_png(os.path.join(out_dir, entry['cond']), cond_picture)
+    files['views'].append(entry)
+  cols = grid_cols or (9 if num_views == 27 else min(num_views, 8))
+  images.save_png(os.path.join(out_dir, 'grid_rgb.png'),
+                  images.image_grid(images.to_uint8(rgbd[..., :3]), cols))
+  images.save_png(os.path.join(out_dir, 'grid_depth.png'),
+                  images.image_grid(images.colourise_depth(rgbd[..., 3]), cols))
+  files['grid_rgb'], files['grid_depth'] = 'grid_rgb.png', 'grid_depth.png'
+  if video is not None:
+    written = video_io.save_video(os.path.join(out_dir, 'orbit'), video, fps=fps)
+    files.update({k: os.path.basename(p) for k, p in written.items()})
+  points, colours = fused_point_cloud(rgbd, views, near=near, far=far, fov_deg=fov_deg,
+                                      max_depth=ply_max_depth)
+  ply.save_ply(os.path.join(out_dir, 'points.ply'), points, colours)
+  files['ply'], files['num_points'] = 'points.ply', int(points.shape[0])
+  arrays = {'rgbd': rgbd, 'views': np.asarray(views, np.float32)}
+  if cond_rgbd is not None:
+    arrays['cond_rgbd'] = np.asarray(cond_rgbd, np.float32)
+  if cond_mask is not None:
+    arrays['cond_mask'] = np.asarray(cond_mask, np.float32)
+  if cond_mask_rgb is not None:
+    arrays['cond_mask_rgb'] = np.asarray(cond_mask_rgb, np.float32)
+  np.savez_compressed(os.path.join(out_dir, 'arrays.npz'), **arrays)
+  files['npz'] = 'arrays.npz'
+  return files
+
+
+def fusion_video(frames: np.ndarray) -> np.ndarray:
+  """Fused frames [T, H, W, 4] in [0, 1] -> uint8 [T, H, 2W, 3]: colour beside its depth."""
+  return np.concatenate([images.to_uint8(frames[..., :3]),
+                         images.colourise_depth(frames[..., 3])], axis=2)
+
+
+def export_run(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray, labels: np.ndarray,
+               instance_ids: np.ndarray, overview_views: int = 9) -> dict[str, str]:
+  """Writes the files of a whole run beside its instance folders.
+
+  Files: views.npz (rgbd, views, labels, instance_ids of every instance) and overview.png (one
+  row per instance with its first `overview_views` views).
+
+  Args:
+    out_dir: the run folder.
+    rgbd: [N, V, H, W, 4] generated views in [0, 1].
+    views: [N, V, 4, 4].
+    labels: [N] class labels.
+    instance_ids: [N].
+    overview_views: views per row of the overview.
+
+  Returns:
+    dict of the written paths (relative to out_dir).
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  np.savez_compressed(os.path.join(out_dir, 'views.npz'), rgbd=rgbd, views=views, labels=labels,
+                      instance_ids=instance_ids)
+  cols = min(rgbd.shape[1], overview_views)
+  tiles = rgbd[:, :cols, ..., :3].reshape((-1,) + rgbd.shape[2:4] + (3,))
+  images.save_png(os.path.join(out_dir, 'overview.png'),
+                  images.image_grid(images.to_uint8(tiles), cols))
+  return {'npz': 'views.npz', 'overview': 'overview.png'}

@@ -1,0 +1,107 @@
+"""A real photograph and its depth as view 0 of a view set (the `photo` sample preset).
+
+The photo is read exactly as prepare reads a folder image (ivd_jax.io.ingest): 16-bit, grayscale,
+palette, CMYK and alpha images converted to 8-bit RGB, Lanczos resize of the short side and centre
+crop; the depth nearest-resized to the image (same aspect ratio), invalid values filled from the
+nearest valid pixel, cropped the same way and converted to the z-buffer encoding of the data the
+networks were trained on (docs/method.md §3). sample.source_depth_kind says what the depth file
+holds:
+  midas      raw MiDaS disparity at the reference's scale (.npz key arr_0, or .npy)
+  zbuf       the z-buffer in [0, 1] (.npy / .npz), or a 16-bit PNG as prepare writes it
+  depth      planar metric depth (.npy / .npz)
+  estimator  no file: sample.estimator ('package.module:factory', called with
+             sample.estimator_kwargs) estimates MiDaS-scale disparity from the cropped photo
+"""
+import os
+import pathlib
+from typing import Any, List
+
+from absl import logging
+import numpy as np
+
+from ivd_jax import errors
+from ivd_jax.io import ingest
+
+# sample.source_depth_kind of a depth file -> ingest's depth kind.
+_FILE_KINDS = {'midas': 'midas', 'zbuf': 'zbuf', 'depth': 'metric'}
+_KINDS = tuple(_FILE_KINDS) + ('estimator',)
+
+
+def _read_depth_file(s: Any, width: int, height: int, notes: List[str]) -> np.ndarray:
+  """The raw values of sample.source_depth at the photo's size, float32 [height, width]."""
+  path = pathlib.Path(s.source_depth)
+  if not path.is_file():
+    raise errors.ConfigError('sample.source_depth', f'{s.source_depth!r} is not a file',
+                             "give the photo's depth file, or source_depth_kind='estimator'")
+  try:
+    raw = ingest.match_image_size(ingest.read_array(path), width, height, path.name, notes)
+  except ingest.Skip as e:
+    raise errors.ConfigError(
+        'sample.source_depth', str(e),
+        'give a [H, W] depth map (.npy, .npz with arr_0, or a 16-bit PNG) with the aspect ratio '
+        'of the photo') from e
+  if s.source_depth_kind == 'zbuf' and path.suffix.lower() == '.png':
+    raw = ingest.zbuf_from_uint16(raw)
+  return raw
+
+
+def _estimate(s: Any, rgb: np.ndarray) -> np.ndarray:
+  """MiDaS-scale disparity [R, R] of the cropped photo from sample.estimator."""
+  estimator = ingest.load_estimator(s.estimator, s.estimator_kwargs, 'sample.estimator')
+  return ingest.estimate_disparity(estimator, rgb[None], 'sample.estimator')[0]
+
+
+def load_source_view(sample_config: Any, resolution: int, *, near: float,
+                     far: float) -> np.ndarray:
+  """A real photo and its depth as view 0.
+
+  Args:
+    sample_config: config.sample (source_image, source_depth, source_depth_kind, estimator,
+      estimator_kwargs).
+    resolution: the networks' image size R.
+    near, far: the z-buffer encoding of the networks' training data.
+
+  Returns:
+    float32 [R, R, 4] in [0, 1]: RGB and the z-buffer depth.
+
+  Raises:
+    errors.ConfigError: naming the sample.* field, for a missing or unreadable file, depth that
+      does not fit the photo or has no valid value, or an unknown depth kind.
+  """
+  s = sample_config
+  kind = s.source_depth_kind
+  if kind not in _KINDS:
+    raise errors.ConfigError('sample.source_depth_kind', f'unknown kind {kind!r}',
+                             f'use one of {_KINDS}')
+  if not os.path.isfile(s.source_image):
+    raise errors.ConfigError('sample.source_image', f'{s.source_image!r} is not a file',
+                             'give the path of an image')
+  try:
+    image, notes = ingest.load_rgb(pathlib.Path(s.source_image))
+  except ingest.Skip as e:
+    raise errors.ConfigError('sample.source_image', f'{s.source_image}: {e}',
+                             'give a PNG, JPEG or other image PIL can read') from e
+  rgb = ingest.resize_crop_rgb(image, resolution)
+  if kind == 'estimator':
+    raw, raw_kind, field = _estimate(s, rgb), 'midas', 'sample.estimator'
+    name = 'from the estimator'
+  else:
+    raw = _read_depth_file(s, image.width, image.height, notes)
+    raw_kind, field = _FILE_KINDS[kind], 'sample.source_depth'
+    name = os.path.basename(s.source_depth)
+  valid = ingest.valid_depth(raw, raw_kind)
+  if not valid.any():
+    raise errors.ConfigError(
+        field, 'the depth has no valid value (every one is NaN, inf or, for depth, <= 0)',
+        'give a depth map with finite values, or another source_depth_kind')
+  # A photo the user names is used whenever some depth is valid: every gap is filled.
+  raw = ingest.repair_depth(raw, valid, 1.0, name, notes)
+  zbuf = ingest.zbuf_from_raw(ingest.resize_crop_depth(raw, resolution), raw_kind, near, far)
+  if raw_kind == 'zbuf' and not (zbuf.min() >= 0.0 and zbuf.max() <= 1.0):
+    raise errors.ConfigError(
+        'sample.source_depth', f'z-buffer values span [{zbuf.min():g}, {zbuf.max():g}], not '
+        '[0, 1]', "give the z-buffer in [0, 1], or set source_depth_kind to 'midas' or 'depth'")
+  zbuf = np.clip(zbuf, 0.0, 1.0)  # float rounding at the planes
+  for note in notes:
+    logging.info('photo %s: %s', s.source_image, note)
+  return np.concatenate([rgb.astype(np.float32) / 255.0, zbuf[..., None]], axis=-1)
