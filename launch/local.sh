@@ -5,12 +5,15 @@
 #   NUM_PROCESSES=2 DEVICES_PER_PROCESS=4 launch/local.sh configs/uncond.py /tmp/gu
 #
 # CONFIG is a config file with an optional preset (configs/uncond.py:tiny). With NUM_PROCESSES > 1
-# every process gets jax.distributed coordinates on localhost (gloo CPU collectives when
-# JAX_PLATFORMS=cpu) and DEVICES_PER_PROCESS simulated CPU devices; logs go to
-# WORKDIR/logs/process_<i>.log and the script waits for all of them.
+# every process gets jax.distributed coordinates on localhost in its environment
+# (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, read by ivd_jax/parallel.py, so
+# every mode and config works), gloo CPU collectives when JAX_PLATFORMS=cpu and
+# DEVICES_PER_PROCESS simulated CPU devices; logs go to LOG_DIR/process_<i>.log (default
+# WORKDIR/logs, or ./logs/<workdir name> for a gs:// WORKDIR). SIGTERM / SIGINT are passed to
+# every process (they save one agreed step and exit); the script exits with the first failure.
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  sed -n '2,10p' "$0"; exit 2
+  sed -n '2,14p' "$0"; exit 2
 fi
 CONFIG=$1; WORKDIR=$2; shift 2
 cd "$(dirname "$0")/.."
@@ -28,23 +31,36 @@ if [ "$NUM_PROCESSES" -le 1 ]; then
   exec "$PY" -m ivd_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@"
 fi
 PORT=${PORT:-$(( 20000 + RANDOM % 20000 ))}
-mkdir -p "$WORKDIR/logs"
+case "$WORKDIR" in
+  gs://*) LOG_DIR=${LOG_DIR:-logs/$(basename "$WORKDIR")} ;;
+  *) LOG_DIR=${LOG_DIR:-$WORKDIR/logs} ;;
+esac
+mkdir -p "$LOG_DIR"
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
 if [ "$JAX_PLATFORMS" = cpu ]; then
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-1}"
-  COLLECTIVES=(--config.distributed.cpu_collectives=gloo)
-else
-  COLLECTIVES=()
+  export JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo
 fi
 pids=()
 for ((i = 0; i < NUM_PROCESSES; i++)); do
-  "$PY" -m ivd_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@" \
-    --config.distributed.coordinator_address="localhost:$PORT" \
-    --config.distributed.num_processes="$NUM_PROCESSES" --config.distributed.process_id="$i" \
-    "${COLLECTIVES[@]}" > "$WORKDIR/logs/process_$i.log" 2>&1 &
+  JAX_COORDINATOR_ADDRESS="localhost:$PORT" JAX_NUM_PROCESSES="$NUM_PROCESSES" JAX_PROCESS_ID="$i" \
+    "$PY" -m ivd_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@" \
+    > "$LOG_DIR/process_$i.log" 2>&1 &
   pids+=($!)
 done
-echo "launched $NUM_PROCESSES processes; logs in $WORKDIR/logs/ (tail -f $WORKDIR/logs/process_0.log)"
+# A trapped signal interrupts `wait` (status > 128): wait again for the process's real status.
+signalled=0
+trap 'signalled=1; kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
+echo "launched $NUM_PROCESSES processes; logs in $LOG_DIR/ (tail -f $LOG_DIR/process_0.log)"
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
-exit $status
+for pid in "${pids[@]}"; do
+  s=0
+  wait "$pid" || s=$?
+  while [ "$signalled" = 1 ]; do
+    signalled=0; r=0
+    wait "$pid" || r=$?
+    if [ "$r" != 127 ]; then s=$r; fi  # 127: the first wait had its real status already
+  done
+  if [ "$status" = 0 ]; then status=$s; fi
+done
+exit "$status"

@@ -68,6 +68,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.sample = common.sample_section()
   config.eval = eval_defaults()
   config.mesh = ml_collections.ConfigDict({'shape': (-1, 1)})
+  config.distributed = common.distributed_section()
   s, e = config.sample, config.eval
   # The protocol's sampling (docs/method.md §10) everywhere; presets only change sizes and step
   # counts.

@@ -15,6 +15,8 @@ import pathlib
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from etils import epath
+
 from ivd_jax import errors
 from ivd_jax.data import procedural
 from ivd_jax.data import records
@@ -131,11 +133,11 @@ def make_plans(options: Dict[str, Any], existing: Dict[str, Any]
   return plans, classes, ignored
 
 
-def _marker(out: pathlib.Path, split: str, shard: int) -> pathlib.Path:
+def _marker(out: epath.Path, split: str, shard: int) -> epath.Path:
   return out / records.STATE_DIR / f'{split}-{shard:05d}.json'
 
 
-def shard_tasks(out: pathlib.Path, plans: List[SplitPlan], process_index: int,
+def shard_tasks(out: epath.Path, plans: List[SplitPlan], process_index: int,
                 process_count: int) -> Tuple[List[Dict[str, Any]], int, int]:
   """The shards this process still has to write.
 
@@ -167,7 +169,7 @@ def shard_tasks(out: pathlib.Path, plans: List[SplitPlan], process_index: int,
   return tasks, total, done
 
 
-def read_markers(out: pathlib.Path, split: str, num_shards: int, plan_id: str
+def read_markers(out: epath.Path, split: str, num_shards: int, plan_id: str
                  ) -> Optional[List[Dict[str, Any]]]:
   """The shard records of a split, or None while any shard of plan `plan_id` is missing."""
   found = []
@@ -182,7 +184,7 @@ def read_markers(out: pathlib.Path, split: str, num_shards: int, plan_id: str
   return found
 
 
-def wait_for_shards(out: pathlib.Path, plans: List[SplitPlan], poll_s: float = 2.0,
+def wait_for_shards(out: epath.Path, plans: List[SplitPlan], poll_s: float = 2.0,
                     timeout_s: float = 7 * 24 * 3600) -> Dict[str, List[Dict[str, Any]]]:
   """The shard records of every plan, once all processes have written their shards."""
   deadline = time.time() + timeout_s

@@ -15,11 +15,11 @@ process_count-th shard). Bad inputs are converted where that is sensible (graysc
 (configs/common.py:data_section); a missing one is a ConfigError.
 """
 import os
-import pathlib
 import time
 from typing import Any, Dict, List
 
 from absl import logging
+from etils import epath
 
 from ivd_jax import errors
 from ivd_jax.data import plan as plan_lib
@@ -27,6 +27,7 @@ from ivd_jax.data import records
 from ivd_jax.data import shards
 from ivd_jax.geometry import cameras
 from ivd_jax.io import ingest
+from ivd_jax.io import paths
 
 SOURCES = ('procedural', 'folder')
 FOLDER_DEPTHS = ('midas', 'depth_map', 'estimator')
@@ -78,6 +79,11 @@ def _folder_options(d, options: Dict[str, Any]) -> Dict[str, Any]:
   if not folder:
     raise errors.ConfigError('data.folder', 'no image folder given for source=folder',
                              '--config.data.folder=/path/to/images')
+  if paths.is_remote(folder):
+    raise errors.ConfigError('data.folder', f'{folder} is on a bucket; prepare reads images from '
+                             'local folders', 'mount the bucket (gcsfuse) or copy the images to '
+                             'a local disk and point --config.data.folder there (the dataset '
+                             'itself, data.dir, may be on the bucket)')
   if not os.path.isdir(folder):
     raise errors.ConfigError('data.folder', f'{folder} does not exist or is not a folder',
                              'point it at an existing folder of images')
@@ -91,7 +97,7 @@ def _folder_options(d, options: Dict[str, Any]) -> Dict[str, Any]:
     raise errors.ConfigError('data.depth', f'unknown depth source {depth!r}',
                              f'use one of {FOLDER_DEPTHS}')
   depth_folder = str(_field(d, 'depth_folder'))
-  if depth_folder and not os.path.isdir(depth_folder):
+  if depth_folder and (paths.is_remote(depth_folder) or not os.path.isdir(depth_folder)):
     raise errors.ConfigError('data.depth_folder', f'{depth_folder} does not exist',
                              "point it at the folder of depth files, or '' for beside the images")
   kind = _field(d, 'depth_map_kind')
@@ -150,7 +156,7 @@ def options_from_config(data_config) -> Dict[str, Any]:
   return _folder_options(d, options)
 
 
-def _write_dataset_metadata(out: pathlib.Path, options: Dict[str, Any], existing: Dict[str, Any],
+def _write_dataset_metadata(out: epath.Path, options: Dict[str, Any], existing: Dict[str, Any],
                             plans: List[plan_lib.SplitPlan], classes: List[str]) -> None:
   """metadata.json and dataset_info.json over this run's splits and complete earlier ones."""
   metadata = dict(existing)
@@ -179,7 +185,8 @@ def prepare(data_config, out_dir: str, *, process_index: int, process_count: int
 
   Args:
     data_config: config.data (configs/common.py:data_section).
-    out_dir: the dataset directory.
+    out_dir: the dataset directory, local or on a bucket (gs://...): shards are written to a
+      local temporary file and uploaded (io.paths), markers and metadata written in place.
     process_index, process_count: shard k is written by process k % process_count; every
       process waits until all shards exist.
     show_progress: a progress bar with ETA.
@@ -191,7 +198,7 @@ def prepare(data_config, out_dir: str, *, process_index: int, process_count: int
   """
   start = time.time()
   options = options_from_config(data_config)
-  out = pathlib.Path(out_dir)
+  out = epath.Path(out_dir)
   (out / records.STATE_DIR).mkdir(parents=True, exist_ok=True)
   existing = records.existing_metadata(out)
   if existing and (existing.get('resolution') != options['resolution'] or

@@ -11,6 +11,7 @@ from PIL import Image
 from ivd_jax import errors
 from ivd_jax.evaluation import fid
 from ivd_jax.io import ingest
+from ivd_jax.io import paths
 
 # Scored views of each view set: every view but view 0 (the protocol), view 0 only, or all.
 VIEW_CHOICES = ('novel', 'first', 'all')
@@ -70,7 +71,7 @@ def read_images(path: str, *, field: str, views: str = 'novel', limit: int = 0) 
   """Images from a folder (recursive, sorted) or an .npz (`images`, or `rgbd` view sets).
 
   Args:
-    path: a folder of images, an .npz with `images` [N, H, W, 3] (uint8 or floats in [0, 1]), or
+    path: (local or gs://) a folder of images, an .npz with `images` [N, H, W, 3] (uint8 or floats in [0, 1]), or
       the sample mode's views.npz (`rgbd` [N, V, H, W, 4] in [0, 1], optionally `views`).
     field: the config field that named `path` (eval.<field> in error messages).
     views: which views of `rgbd` view sets are scored (VIEW_CHOICES).
@@ -82,6 +83,11 @@ def read_images(path: str, *, field: str, views: str = 'novel', limit: int = 0) 
   Raises:
     ConfigError: naming eval.<field> when the file holds no usable images.
   """
+  if paths.is_remote(path):  # gs://: read a temporary local copy of the folder or file
+    with paths.local_copy(path) as local:
+      generated = read_images(local, field=field, views=views, limit=limit)
+    generated.source = path
+    return generated
   source = os.path.abspath(path)
   if os.path.isdir(path):
     return Generated(_read_folder(path, field, limit), source=source)

@@ -49,6 +49,7 @@ from ivd_jax.evaluation import reference
 from ivd_jax.evaluation import report as report_lib
 from ivd_jax.evaluation import truth as truth_lib
 from ivd_jax.geometry import depth as depth_lib
+from ivd_jax.io import paths
 from ivd_jax.models import inception
 from ivd_jax.pipelines import sample as sample_pipeline
 from ivd_jax.sampling import generate
@@ -77,7 +78,7 @@ def _validate(config: Any, has_logits: bool) -> None:
                              'use the standard 100 subsets of 1000')
   for field in ('generated', 'reference'):
     path = e.get(field)
-    if path and not os.path.exists(path):
+    if path and not paths.exists(path):  # local or gs://
       raise errors.ConfigError(f'eval.{field}', f'{path} does not exist',
                                'give a folder of images or an .npz file')
   if not e.generated and not (config.sample.uncond and config.sample.cond):
@@ -165,9 +166,9 @@ def _reference(config: Any, workdir: str, extractor: fid.FeatureExtractor,
                weights_path: str) -> tuple[reference.ReferenceStats, bool]:
   """The real set's statistics, from the cache when its key matches (see module docstring)."""
   e = config.eval
-  weights = reference.weights_identity(weights_path)
+  weights = reference.weights_identity(paths.stage(weights_path))
   if e.reference:
-    meta = {'reference': os.path.abspath(e.reference), 'limit': int(e.num_reference),
+    meta = {'reference': paths.abspath(e.reference), 'limit': int(e.num_reference),
             'weights': weights}
 
     def real_images():
@@ -176,7 +177,7 @@ def _reference(config: Any, workdir: str, extractor: fid.FeatureExtractor,
   else:
     data_dir = records.data_dir(config, workdir)
     metadata = records.load_metadata(data_dir)
-    meta = {'data_dir': os.path.abspath(data_dir), 'split': e.reference_split,
+    meta = {'data_dir': paths.abspath(data_dir), 'split': e.reference_split,
             'limit': int(e.num_reference), 'weights': weights,
             'dataset': {k: metadata.get(k) for k in ('source', 'resolution', 'near', 'far',
                                                      'seed', 'splits', 'classes')}}
@@ -190,7 +191,7 @@ def _reference(config: Any, workdir: str, extractor: fid.FeatureExtractor,
     return reference.ReferenceStats.from_features(extractor(real_images()).pool, {},
                                                   kid_max=e.kid_max_reference, seed=e.seed)
 
-  path = e.reference_cache or reference.cache_path(os.path.join(workdir, 'eval'), meta)
+  path = e.reference_cache or reference.cache_path(paths.join(workdir, 'eval'), meta)
   return reference.cached_reference(path, meta, compute)
 
 
@@ -201,7 +202,7 @@ def _reference(config: Any, workdir: str, extractor: fid.FeatureExtractor,
 
 def _is_procedural(config: Any, workdir: str) -> bool:
   path = records.data_dir(config, workdir)
-  if not os.path.isfile(os.path.join(path, 'metadata.json')):
+  if not paths.is_file(paths.join(path, 'metadata.json')):
     return False
   return records.load_metadata(path).get('source') == 'procedural'
 
@@ -220,7 +221,8 @@ def _read_truth(config: Any, workdir: str) -> truth_lib.TrueViews:
         'eval.truth_scenes', f'{e.truth_scenes} test scenes asked of {data_dir}, which has no '
         f'{records.SPLIT_TEST!r} split', 'prepare the procedural data with '
         '--config.data.num_eval_examples=N, or set --config.eval.truth_scenes=0')
-  test = records.read_test_views(data_dir, e.truth_scenes)
+  test = records.read_test_views(data_dir, e.truth_scenes,
+                                 cache_dir=str(config.data.get('cache_dir') or ''))
   rgbd, views = test['rgbd'], test['views']
   depth = np.asarray(depth_lib.depth_from_zbuf(rgbd[:, 1:, ..., 3], float(metadata['near']),
                                                float(metadata['far'])))
@@ -263,7 +265,7 @@ def _truth(config: Any, workdir: str, truth: truth_lib.TrueViews,
 def _default_name(config: Any) -> str:
   e = config.eval
   if e.generated:
-    return os.path.splitext(os.path.basename(os.path.normpath(e.generated)))[0]
+    return os.path.splitext(paths.basename(e.generated))[0]
   s = config.sample
   return f'{s.viewset}_w{s.guidance:g}_n{e.num_images}_seed{s.seed}'
 
@@ -273,7 +275,7 @@ def evaluate(config: Any, workdir: str) -> dict:
   e = config.eval
   t_start = time.perf_counter()
   weights_path = e.inception_weights or inception.default_weights_path()
-  params, has_logits = inception.load_params(weights_path)
+  params, has_logits = inception.load_params(paths.stage(weights_path))  # gs://: a local copy
   _validate(config, has_logits)
   truth: Optional[truth_lib.TrueViews] = None
   if (e.truth_scenes > 0 and (not e.generated or config.sample.cond) and
@@ -310,7 +312,7 @@ def evaluate(config: Any, workdir: str) -> dict:
       'images': gen.source, 'views': e.views,
       'image_size': list(gen.images.shape[1:3]),
       'settings': {
-          'inception_weights': os.path.abspath(weights_path),
+          'inception_weights': paths.abspath(weights_path),
           'inception_precision': e.precision, 'is_splits': int(e.is_splits),
           'kid_subsets': int(e.kid_subsets),
           'kid_subset_size': int(min(e.kid_subset_size, len(gen.images),
@@ -338,12 +340,12 @@ def evaluate(config: Any, workdir: str) -> dict:
   report['timings'] = {'generate_s': gen.seconds, 'extract_s': extract_s,
                        'images_per_s': len(gen.images) / max(extract_s, 1e-9),
                        'total_s': time.perf_counter() - t_start}
-  out_dir = os.path.join(workdir, 'eval')
-  report['json'] = os.path.join(out_dir, f"{report['name']}.json")
+  out_dir = paths.join(workdir, 'eval')  # local or gs://
+  report['json'] = paths.join(out_dir, f"{report['name']}.json")
   if jax.process_index() == 0:
     if e.report_png:
       report['png'] = report_lib.write_report_png(
-          os.path.join(out_dir, f"{report['name']}.png"), report, gen,
+          paths.join(out_dir, f"{report['name']}.png"), report, gen,
           truth_first=None if truth is None else truth.first, truth_generated=truth_generated)
     report_lib.write_json(report['json'], report)
   logging.info('eval %s: FID %.3f, IS %s, KID %.5f', report['name'], report['fid'],

@@ -12,7 +12,6 @@ dataset metadata and the summary DIR/prepare_summary.json: num_written, num_skip
 shards already complete are kept.
 """
 import json
-import os
 from typing import Any, Dict, Optional
 
 from absl import logging
@@ -20,6 +19,7 @@ import jax
 
 from ivd_jax.data import prepare as prepare_lib
 from ivd_jax.data import records
+from ivd_jax.io import paths
 
 SUMMARY_FILE = 'prepare_summary.json'
 
@@ -45,10 +45,8 @@ def run(config, workdir: str, *, process_index: Optional[int] = None,
                                 process_count=process_count,
                                 show_progress=bool(config.log.progress))
   if process_index == 0:
-    path = os.path.join(workdir, SUMMARY_FILE)
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, 'w') as f:
-      f.write(json.dumps(summary, indent=1))
+    path = paths.join(workdir, SUMMARY_FILE)  # local or gs://
+    paths.write_text(path, json.dumps(summary, indent=1))
     logging.info('prepare: wrote %d examples (%d skipped) to %s in %.1f s',
                  summary['num_written'], summary['num_skipped'], summary['data_dir'],
                  summary['seconds'])

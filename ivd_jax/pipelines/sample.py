@@ -8,7 +8,6 @@ generated views), views.npz, overview.png and one folder per instance (sampling/
 """
 import dataclasses
 import json
-import os
 import time
 from typing import Any, Optional
 
@@ -20,6 +19,7 @@ from ivd_jax import errors
 from ivd_jax import parallel
 from ivd_jax.evaluation import consistency
 from ivd_jax.io import jsonio
+from ivd_jax.io import paths
 from ivd_jax.sampling import export
 from ivd_jax.sampling import generate
 from ivd_jax.sampling import networks
@@ -78,7 +78,7 @@ def _export_instances(out_dir: str, s: Any, result: generate.ViewSetResult, pose
     if s.export:
       name = f'instance_{int(i):04d}'
       entry['files'] = export.export_instance(
-          os.path.join(out_dir, name), rgbd=result.rgbd[k], views=result.views[k],
+          paths.join(out_dir, name), rgbd=result.rgbd[k], views=result.views[k],
           cond_rgbd=result.cond_rgbd[k], cond_mask=result.cond_mask[k],
           cond_mask_rgb=result.cond_mask_rgb[k], near=s.near, far=s.far, fov_deg=s.fov_deg,
           video=None if fused is None else export.fusion_video(fused[k]), fps=s.fps,
@@ -125,7 +125,7 @@ def sample_and_export(config: Any, workdir: str, *,
   total_s = time.perf_counter() - t0
 
   run_name = s.run_name or f'{s.viewset}_seed{s.seed}'
-  out_dir = os.path.join(workdir, 'samples', run_name)
+  out_dir = paths.join(workdir, 'samples', run_name)  # local or gs://
   manifest = {
       'run': run_name,
       'viewset': s.viewset,
@@ -152,7 +152,7 @@ def sample_and_export(config: Any, workdir: str, *,
   if s.export:
     export.export_run(out_dir, rgbd=result.rgbd, views=result.views, labels=result.labels,
                       instance_ids=result.instance_ids)
-  jsonio.write_manifest(os.path.join(out_dir, 'manifest.json'), manifest)
+  jsonio.write_manifest(paths.join(out_dir, 'manifest.json'), manifest)
   logging.info('wrote %s (consistency %s)', out_dir, json.dumps(manifest['consistency']))
   manifest['dir'] = out_dir
   return manifest

@@ -12,7 +12,6 @@ holds:
   estimator  no file: sample.estimator ('package.module:factory', called with
              sample.estimator_kwargs) estimates MiDaS-scale disparity from the cropped photo
 """
-import os
 import pathlib
 from typing import Any, List
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from ivd_jax import errors
 from ivd_jax.io import ingest
+from ivd_jax.io import paths
 
 # sample.source_depth_kind of a depth file -> ingest's depth kind.
 _FILE_KINDS = {'midas': 'midas', 'zbuf': 'zbuf', 'depth': 'metric'}
@@ -29,12 +29,14 @@ _KINDS = tuple(_FILE_KINDS) + ('estimator',)
 
 def _read_depth_file(s: Any, width: int, height: int, notes: List[str]) -> np.ndarray:
   """The raw values of sample.source_depth at the photo's size, float32 [height, width]."""
-  path = pathlib.Path(s.source_depth)
-  if not path.is_file():
+  if not paths.is_file(s.source_depth):  # a local path or gs://
     raise errors.ConfigError('sample.source_depth', f'{s.source_depth!r} is not a file',
                              "give the photo's depth file, or source_depth_kind='estimator'")
+  path = pathlib.Path(paths.basename(s.source_depth))
   try:
-    raw = ingest.match_image_size(ingest.read_array(path), width, height, path.name, notes)
+    with paths.local_copy(s.source_depth) as local:
+      raw = ingest.match_image_size(ingest.read_array(pathlib.Path(local)), width, height,
+                                    path.name, notes)
   except ingest.Skip as e:
     raise errors.ConfigError(
         'sample.source_depth', str(e),
@@ -73,11 +75,12 @@ def load_source_view(sample_config: Any, resolution: int, *, near: float,
   if kind not in _KINDS:
     raise errors.ConfigError('sample.source_depth_kind', f'unknown kind {kind!r}',
                              f'use one of {_KINDS}')
-  if not os.path.isfile(s.source_image):
+  if not paths.is_file(s.source_image):  # a local path or gs://
     raise errors.ConfigError('sample.source_image', f'{s.source_image!r} is not a file',
                              'give the path of an image')
   try:
-    image, notes = ingest.load_rgb(pathlib.Path(s.source_image))
+    with paths.local_copy(s.source_image) as local:
+      image, notes = ingest.load_rgb(pathlib.Path(local))
   except ingest.Skip as e:
     raise errors.ConfigError('sample.source_image', f'{s.source_image}: {e}',
                              'give a PNG, JPEG or other image PIL can read') from e
@@ -88,7 +91,7 @@ def load_source_view(sample_config: Any, resolution: int, *, near: float,
   else:
     raw = _read_depth_file(s, image.width, image.height, notes)
     raw_kind, field = _FILE_KINDS[kind], 'sample.source_depth'
-    name = os.path.basename(s.source_depth)
+    name = paths.basename(s.source_depth)
   valid = ingest.valid_depth(raw, raw_kind)
   if not valid.any():
     raise errors.ConfigError(
