@@ -30,7 +30,12 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int
   Raises:
     ConfigError: when the shape does not match the number of devices.
   """
-  shape = tuple(int(s) for s in shape)
+  try:
+    shape = tuple(int(s) for s in shape)
+  except (TypeError, ValueError):
+    raise errors.ConfigError('mesh.shape', f'{shape!r} is not a tuple of integers',
+                             "give two sizes for the axes ('data', 'fsdp'), e.g. "
+                             "--config.mesh.shape='(-1, 1)'") from None
   if len(shape) != 2:
     raise errors.ConfigError('mesh.shape', f'{shape} has {len(shape)} entries',
                              "give two sizes for the axes ('data', 'fsdp'), e.g. (-1, 1)")

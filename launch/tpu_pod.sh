@@ -42,7 +42,9 @@
 #                  --version=... [--spot]                                (only when missing)
 #   setup   gcloud compute tpus tpu-vm scp ARCHIVE $TPU_NAME:ivd_jax.tar.gz COMMON --worker=all
 #           gcloud compute tpus tpu-vm ssh $TPU_NAME COMMON --worker=all --command=SETUP
-#   run     gcloud compute tpus tpu-vm ssh $TPU_NAME COMMON --worker=all --command=RUN
+#   run     gcloud compute tpus tpu-vm ssh $TPU_NAME COMMON --worker=all --command=STAGE
+#                  (only with STAGE_DATA or GCSFUSE_BUCKETS: copies / mounts on every worker)
+#           gcloud compute tpus tpu-vm ssh $TPU_NAME COMMON --worker=all --command=RUN
 #   status  gcloud compute tpus tpu-vm ssh $TPU_NAME COMMON --worker=all --command=STATUS
 #   logs    gcloud compute tpus tpu-vm ssh $TPU_NAME COMMON --worker=W|all --command=TAIL
 #   stop    gcloud compute tpus tpu-vm ssh $TPU_NAME COMMON --worker=all --command=STOP
@@ -60,6 +62,10 @@
 # `run` again with the same WORKDIR resumes from its latest checkpoint; stop (or a spot VM's
 # pre-emption) makes every worker save the same step and exit.
 set -euo pipefail
+case "${1:-}" in
+  create|setup|run|status|logs|stop|delete) ;;
+  *) sed -n '2,63p' "$0"; exit 2 ;;
+esac
 : "${TPU_NAME:?set TPU_NAME}"; : "${ZONE:?set ZONE}"
 ACCELERATOR_TYPE=${ACCELERATOR_TYPE:-${TPU_TYPE:-v4-32}}
 RUNTIME_VERSION=${RUNTIME_VERSION:-${TPU_VERSION:-tpu-ubuntu2204-base}}
@@ -167,9 +173,12 @@ print(\"ready:\", sys.version.split()[0], \"jax\", jax.__version__, ivd_jax.__fi
     # Detached from the ssh session (setsid nohup); the inner shell records pid and exit code.
     inner="$(q "$REMOTE_PYTHON") -m ivd_jax.main --config=\"\$0\" --workdir=\"\$1\" \"\${@:2}\" &
       echo \$! > logs/run.pid; wait \$!; echo \$? > logs/run.exit"
-    ssh_workers all "mkdir -p logs;
-      if $ALIVE; then echo \"worker \$W: a run is going (pid \$(cat logs/run.pid)): stop it first\" >&2; exit 1; fi;
-      rm -f logs/run.exit; $prepare $envs
+    busy="mkdir -p logs; if $ALIVE; then
+      echo \"worker \$W: a run is going (pid \$(cat logs/run.pid)): stop it first\" >&2; exit 1; fi;"
+    # Staging and mounts finish on every worker before any starts (jax.distributed.initialize
+    # waits 5 minutes for the others).
+    if [ -n "$prepare" ]; then ssh_workers all "$busy $prepare"; fi
+    ssh_workers all "$busy rm -f logs/run.exit; $envs
       log=logs/run_${stamp}_worker\$W.log; ln -sfn \${log#logs/} logs/latest.log;
       setsid nohup bash -c $(q "$inner")$args > \$log 2>&1 < /dev/null &
       echo \"worker \$W: started, log ~/$REMOTE_DIR/\$log\""
@@ -203,7 +212,4 @@ print(\"ready:\", sys.version.split()[0], \"jax\", jax.__version__, ivd_jax.__fi
     gcloud_tpu delete "$TPU_NAME" "${COMMON[@]}" --quiet
     ;;
 
-  *)
-    sed -n '2,62p' "$0"; exit 2
-    ;;
 esac

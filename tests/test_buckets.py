@@ -1,6 +1,7 @@
 """Workdirs on a bucket: every mode against a local GCS emulator (gcp-storage-emulator).
 
-The emulator is a subprocess on a free loopback port; gcsfs (etils.epath: configs, metrics,
+The emulator (tests/gcs_emulator.py: gcp-storage-emulator with the generation header and read
+conditions TensorStore relies on) is a subprocess on a free loopback port; gcsfs (etils.epath: configs, metrics,
 pictures, JSON, markers) finds it through STORAGE_EMULATOR_HOST and TensorStore (orbax's arrays)
 through TENSORSTORE_GCS_HTTP_URL, both without credentials (gcsfs anonymous, TensorStore's test
 token), so no request leaves the machine. One chain, as a user would run it on a pod with
@@ -8,6 +9,7 @@ token), so no request leaves the machine. One chain, as a user would run it on a
 -> sample -> eval, the dataset staged to a local cache for grain, the working directory a fresh
 temporary folder that must not gain a folder named `gs:`.
 """
+import importlib.util
 import json
 import os
 import socket
@@ -19,8 +21,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-pytest.importorskip('gcsfs', reason='the gcs extra (requirements-dev.txt) brings gcsfs')
-pytest.importorskip('gcp_storage_emulator', reason='requirements-dev.txt brings the emulator')
+# Checked without importing: gcsfs must be imported after the fixture has set its environment.
+for _module in ('gcsfs', 'gcp_storage_emulator'):
+  if importlib.util.find_spec(_module) is None:
+    pytest.skip(f'{_module} is missing: pip install -r requirements-dev.txt (the gcs extra and '
+                'the emulator)', allow_module_level=True)
 
 from ivd_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ivd_jax import main as main_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -48,7 +53,9 @@ def _forget_cached_filesystems() -> None:
   from etils.epath import backend  # pylint: disable=g-import-not-at-top
   backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
   import gcsfs  # pylint: disable=g-import-not-at-top
+  import gcsfs.core  # pylint: disable=g-import-not-at-top
   gcsfs.GCSFileSystem.clear_instance_cache()
+  gcsfs.core.GCSFileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope='module')
@@ -58,9 +65,8 @@ def emulator(tmp_path_factory):
   url = f'http://127.0.0.1:{port}'
   log = open(tmp_path_factory.mktemp('emulator') / 'emulator.log', 'w')  # pylint: disable=consider-using-with
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'gcp_storage_emulator', 'start', f'--port={port}',
-       '--host=127.0.0.1', f'--default-bucket={BUCKET}', '--in-memory'],
-      stdout=log, stderr=subprocess.STDOUT)
+      [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gcs_emulator.py'),
+       str(port), BUCKET], stdout=log, stderr=subprocess.STDOUT)
   deadline = time.time() + 60
   while True:
     try:
@@ -85,15 +91,23 @@ def emulator(tmp_path_factory):
   }
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
+  import fsspec  # pylint: disable=g-import-not-at-top
   import fsspec.config  # pylint: disable=g-import-not-at-top
+  import gcsfs.core  # pylint: disable=g-import-not-at-top
   saved_conf = {k: fsspec.config.conf.get(k) for k in ('gcs', 'gs')}
+  saved_impl = {k: fsspec.get_filesystem_class(k) for k in ('gcs', 'gs')}
   for protocol in ('gcs', 'gs'):
     fsspec.config.conf[protocol] = dict(fsspec.config.conf.get(protocol) or {}, token='anon')
+    # The plain client even when gcsfs was imported before the environment was set (its
+    # extended client asks a control plane over gRPC, which the emulator does not serve).
+    fsspec.register_implementation(protocol, gcsfs.core.GCSFileSystem, clobber=True)
   _forget_cached_filesystems()
   try:
     yield url
   finally:
     _forget_cached_filesystems()
+    for k, v in saved_impl.items():
+      fsspec.register_implementation(k, v, clobber=True)
     for k, v in saved_conf.items():
       if v is None:
         fsspec.config.conf.pop(k, None)
@@ -174,7 +188,7 @@ def test_every_mode_with_its_workdir_on_a_bucket(emulator, tmp_path, monkeypatch
   prep.data.prepare_workers = 1
   prep.log.progress = False
   summary = main_lib.run(prep, RUN)
-  assert summary['data_dir'] == data_dir and summary['num_written'] == 16
+  assert summary['data_dir'] == data_dir and summary['splits'] == {'train': 16, 'test': 8}
   timings['prepare'] = time.perf_counter() - t0
 
   # train G_u 2 steps, then resume to 4 (metrics every step: a resumed run logs 3 and 4 only).

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+import pod_config  # pylint: disable=g-bad-import-order
 from ivd_jax import checkpoint as ckpt_lib
 from ivd_jax import parallel
 
@@ -25,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TPU_POD = str(ROOT / 'launch' / 'tpu_pod.sh')
 GPU_SLURM = str(ROOT / 'launch' / 'gpu_slurm.sh')
 LOCAL = str(ROOT / 'launch' / 'local.sh')
-NUM_STEPS = 8  # tests/pod_config.py
+NUM_STEPS = pod_config.SMALL['train.num_steps']
 
 
 # =============================================================================================
@@ -201,23 +202,28 @@ def test_simulated_tpu_pod(tmp_path):
     assert f'jax.distributed (env): process {w} of 2, 4 local / 8 global devices' in log, log
     assert "mesh {'data': 8, 'fsdp': 1} over 8 devices, 2 processes" in log
   assert _steps(run_a) == list(range(1, NUM_STEPS + 1))
-  assert ckpt_lib.Checkpointer(str(run_a / 'checkpoints'), every_steps=3).latest_step() == NUM_STEPS
+  assert max(int(s) for s in os.listdir(run_a / 'checkpoints') if s.isdigit()) == NUM_STEPS
 
   # ---- run with overrides on data staged from a bucket; stop mid-run; run again: resumes
   shutil.copytree(run_a / 'data', tmp_path / 'gcs' / 'bucket' / 'data' / 'pod16')
   run_b = tmp_path / 'run_b'
-  args = ['run', 'tests/pod_config.py', str(run_b), '--config.data.dir=staged/pod16',
+  # The same settings as flags on the packaged tiny preset (tuples, parentheses, a space).
+  args = ['run', 'configs/uncond.py:tiny', str(run_b),
+          *[f'--config.{k}={v}' for k, v in pod_config.SMALL.items()
+            if k != 'checkpoint.every_steps'],
+          '--config.mesh.shape=(-1, 1)', '--config.data.dir=staged/pod16',
           '--config.checkpoint.every_steps=100']
   stage = dict(STAGE_DATA='gs://bucket/data/pod16', STAGE_DIR='staged')
   out = _pod(env, *args, **stage)
   assert 'staged gs://bucket/data/pod16 in staged/pod16' in out
-  local, remote = _calls(env)
-  assert len(local) == 1 and local[0][:8] == _tpu('ssh', 'ivd-test', *COMMON, '--worker=all')
+  local, remote = _calls(env)  # staging on every worker first, then the run
+  assert [c[:8] for c in local] == [_tpu('ssh', 'ivd-test', *COMMON, '--worker=all')] * 2
+  assert 'gcloud storage rsync' in local[0][8] and 'setsid nohup' in local[1][8]
   assert sorted(c['worker'] for c in remote) == ['0', '1']
   assert all(c['argv'] == ['storage', 'rsync', '--recursive', 'gs://bucket/data/pod16',
                            'staged/pod16'] for c in remote)
   end = time.time() + 240
-  while not ((run_b / 'metrics.jsonl').exists() and len(_steps(run_b)) >= 2):
+  while not ((run_b / 'metrics.jsonl').exists() and _steps(run_b)):  # step 1 is logged
     assert time.time() < end and not (_home(env, 0) / 'logs' / 'run.exit').exists(), _logs(env)
     time.sleep(0.2)
   out = _pod(env, 'stop')
@@ -225,7 +231,7 @@ def test_simulated_tpu_pod(tmp_path):
   saved = [re.findall(r'saving step (\d+) and exiting', _log(env, w)) for w in range(2)]
   assert saved[0] == saved[1] and len(saved[0]) == 1, _logs(env)  # one step, the same on both
   stop_step = int(saved[0][0])
-  assert 2 <= stop_step < NUM_STEPS
+  assert 1 <= stop_step < NUM_STEPS
   assert sorted(os.listdir(run_b / 'checkpoints')) == [str(stop_step)]
   assert _steps(run_b) == list(range(1, stop_step + 1))
   status = _pod(env, 'status')
@@ -247,7 +253,7 @@ def test_simulated_tpu_pod(tmp_path):
 
   # ---- logs, delete
   out = _pod(env, 'logs', FOLLOW='0', LINES='3')
-  assert out.count('[worker 0] ') == 3 and 'finished at step 8' in out
+  assert out.count('[worker 0] ') == 3 and f'finished at step {NUM_STEPS}' in out
   out = _pod(env, 'logs', 'all', FOLLOW='0', LINES='1')
   assert '[worker 0] ' in out and '[worker 1] ' in out
   _pod(env, 'delete')
@@ -256,11 +262,12 @@ def test_simulated_tpu_pod(tmp_path):
   assert [c[:8] for c in local] == [
       ssh + ['--worker=all'],  # stop
       ssh + ['--worker=all'],  # status
-      ssh + ['--worker=all'],  # run (resume)
+      ssh + ['--worker=all'],  # run (resume): staging
+      ssh + ['--worker=all'],  # run (resume): start
       ssh + ['--worker=0'],  # logs
       ssh + ['--worker=all'],  # logs all
       _tpu('delete', 'ivd-test', *COMMON, '--quiet')]
-  assert 'kill -TERM' in local[0][8] and 'tail -n 3 ' in local[3][8]
+  assert 'kill -TERM' in local[0][8] and 'tail -n 3 ' in local[4][8]
   print(f'pod: first run {t_a:.0f} s, all {time.time() - t0:.0f} s')
 
 
@@ -269,8 +276,9 @@ def test_tpu_pod_usage_and_dry_run(tmp_path):
   out = subprocess.run([TPU_POD, 'run', 'configs/uncond.py'], env=env, capture_output=True,
                        text=True, check=False)
   assert out.returncode == 2 and 'usage:' in out.stderr
-  out = subprocess.run([TPU_POD], env=env, capture_output=True, text=True, check=False)
-  assert out.returncode == 2 and 'TPU_NAME' in out.stdout
+  no_name = {k: v for k, v in env.items() if k != 'TPU_NAME'}
+  out = subprocess.run([TPU_POD], env=no_name, capture_output=True, text=True, check=False)
+  assert out.returncode == 2 and 'TPU_NAME' in out.stdout and 'delete' in out.stdout
   out = _pod(env, 'create', DRY_RUN='1', SPOT='1', stderr=True)
   assert out.splitlines() == [
       'gcloud compute tpus tpu-vm describe ivd-test --zone=us-central2-b --project=my-project '

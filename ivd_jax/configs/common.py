@@ -46,6 +46,9 @@ def data_section() -> ml_collections.ConfigDict:
   d.estimator_batch_size = 16
   d.estimator_resolution = 512  # the estimator sees the same centre crop at this size
   d.max_invalid_depth = 0.05  # fraction of NaN/inf/<=0 depth filled from neighbours; more: skip
+  # prepare fails (after writing its summary) when it writes no example or skips more than this
+  # fraction of the images it found.
+  d.max_skipped_fraction = 0.5
   d.labels = 'auto'  # 'auto' (class subfolders give labels) | 'none' (all -1)
   d.classes = ''  # optional comma-separated class list fixing the label order
   d.num_eval_examples = 64  # procedural 'test' split
@@ -61,7 +64,8 @@ def distributed_section() -> ml_collections.ConfigDict:
 
   Read by parallel.maybe_initialize before anything touches a device. TPU pod slices and SLURM
   job steps are detected; set coordinator_address / num_processes / process_id for anything else
-  (e.g. launch/local.sh NUM_PROCESSES=2 on one machine).
+  (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID in the environment, as
+  launch/local.sh NUM_PROCESSES=2 does; parallel.detect_cluster lists every rule).
   """
   d = ml_collections.ConfigDict()
   d.coordinator_address = ''  # 'host:port' of process 0; '' = detect (or single process)
@@ -274,6 +278,9 @@ def sample_section() -> ml_collections.ConfigDict:
   s.source_depth_kind = 'midas'
   s.estimator = ''
   s.estimator_kwargs = ml_collections.ConfigDict()
+  # Fraction of the photo's depth that may be invalid (NaN/inf, or <= 0 for depth) and is filled
+  # from the nearest valid pixel; more is refused (prepare's rule, ivd_jax.io.ingest).
+  s.max_invalid_depth = 0.5
   # Fusion video: every generated view aggregated into a smooth camera path.
   s.video = True
   s.video_path = 'auto'  # 'auto' (orbit360 for that view set, else swing) | 'swing' | 'orbit360'

@@ -56,19 +56,33 @@ def list_folder(folder: pathlib.Path, labels: str, classes: Sequence[str]
                 ) -> Tuple[List[Tuple[str, int]], List[str], List[Dict[str, str]]]:
   """Image files (sorted), labels from class subfolders, and files that are not images.
 
+  Symbolic links are followed, but every real folder is walked once (a link back up the tree is
+  not followed again) and every real file is listed once, under its first path in sorted order.
+
   Returns:
     items [(relative path, label)], classes (sorted subfolder names unless given), ignored
-    [{file, reason}] for non-image files (depth sidecars of the image folder excepted).
+    [{file, reason}] for non-image files (depth sidecars of the image folder excepted) and
+    further links to an image already listed.
   """
   files, ignored = [], []
+  seen_dirs, seen_files = set(), {}
   for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+    seen_dirs.add(os.path.realpath(dirpath))
+    # A folder reached before (a symlink loop, or two links to one folder) is not walked again.
+    dirnames[:] = [d for d in sorted(dirnames) if not d.startswith('.') and
+                   os.path.realpath(os.path.join(dirpath, d)) not in seen_dirs]
     for name in sorted(filenames):
       if name.startswith('.'):
         continue
       rel = pathlib.PurePath(os.path.relpath(os.path.join(dirpath, name), folder))
       ext = rel.suffix.lower()
       if ext in ingest.IMAGE_EXTENSIONS:
+        real = os.path.realpath(os.path.join(dirpath, name))
+        if real in seen_files:
+          ignored.append({'file': str(rel), 'reason': f'the same file as {seen_files[real]} '
+                                                      '(a symbolic link); listed once'})
+          continue
+        seen_files[real] = str(rel)
         files.append(rel)
       elif ext not in ingest.DEPTH_EXTENSIONS:
         ignored.append({'file': str(rel), 'reason': f'not an image file (extension {ext!r})'})

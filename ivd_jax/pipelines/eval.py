@@ -76,6 +76,8 @@ def _validate(config: Any, has_logits: bool) -> None:
   if e.kid_subsets < 1 or e.kid_subset_size < 2:
     raise errors.ConfigError('eval.kid_subset_size', 'KID needs >= 1 subset of >= 2 images',
                              'use the standard 100 subsets of 1000')
+  if e.name:
+    errors.check_name('eval.name', e.name)  # DIR/eval/<name>.json: one path component
   for field in ('generated', 'reference'):
     path = e.get(field)
     if path and not paths.exists(path):  # local or gs://
@@ -262,6 +264,14 @@ def _truth(config: Any, workdir: str, truth: truth_lib.TrueViews,
 # ------------------------------------------------------------------------------------------------
 
 
+def _real_size(config: Any, workdir: str) -> Optional[tuple[int, int]]:
+  """(height, width) of the real images: eval.reference's, or the prepared data's resolution."""
+  if config.eval.reference:
+    return images_lib.image_size(config.eval.reference, 'reference')
+  resolution = records.load_metadata(records.data_dir(config, workdir)).get('resolution')
+  return (int(resolution), int(resolution)) if resolution else None
+
+
 def _default_name(config: Any) -> str:
   e = config.eval
   if e.generated:
@@ -285,9 +295,14 @@ def evaluate(config: Any, workdir: str) -> dict:
                                    mesh=parallel.make_mesh(config.mesh), precision=e.precision)
   sampler: Optional[sampler_lib.ViewSampler] = None
   info = {}
+  real_size = _real_size(config, workdir)
+  size_field = 'eval.generated' if e.generated else 'sample.cond'
   if not e.generated or truth is not None:
     sampler, info = sample_pipeline.build_sampler(config.sample, config.mesh,
                                                   need_uncond=not e.generated)
+    if not e.generated:  # refused before anything is generated
+      images_lib.check_size((sampler.resolution,) * 2, real_size, resize=e.resize_generated,
+                            field=size_field)
 
   # Generated images.
   if e.generated:
@@ -295,6 +310,9 @@ def evaluate(config: Any, workdir: str) -> dict:
                                  limit=e.num_images)
   else:
     gen = _generate(config, sampler, info)
+  images_lib.check_size(gen.images.shape[1:3], real_size, resize=e.resize_generated,
+                        field=size_field)
+  gen.images = images_lib.resize_images(gen.images, real_size)
   if len(gen.images) < e.num_images:
     logging.warning('eval: only %d generated images (eval.num_images=%d)', len(gen.images),
                     e.num_images)

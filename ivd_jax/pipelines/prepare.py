@@ -9,7 +9,8 @@ sources and the sharding ivd_jax.data.prepare. Multi-host jobs run the same comm
 process: each writes its share of the shards, all wait for the others, process 0 writes the
 dataset metadata and the summary DIR/prepare_summary.json: num_written, num_skipped, skipped
 [{file, reason}], converted [{file, note}], the class list and per-split counts. A rerun resumes:
-shards already complete are kept.
+shards already complete are kept. Prepare fails (a UserError, after the summary is written) when
+it writes no example or skips more than data.max_skipped_fraction of the images it found.
 """
 import json
 from typing import Any, Dict, Optional
@@ -37,6 +38,9 @@ def run(config, workdir: str, *, process_index: Optional[int] = None,
 
   Returns:
     The summary dict (written as JSON by process 0).
+
+  Raises:
+    errors.UserError: no example written, or too many images skipped (data.prepare.check_summary).
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -44,12 +48,13 @@ def run(config, workdir: str, *, process_index: Optional[int] = None,
   summary = prepare_lib.prepare(config.data, out, process_index=process_index,
                                 process_count=process_count,
                                 show_progress=bool(config.log.progress))
+  path = paths.join(workdir, SUMMARY_FILE)  # local or gs://
   if process_index == 0:
-    path = paths.join(workdir, SUMMARY_FILE)  # local or gs://
     paths.write_text(path, json.dumps(summary, indent=1))
     logging.info('prepare: wrote %d examples (%d skipped) to %s in %.1f s',
                  summary['num_written'], summary['num_skipped'], summary['data_dir'],
                  summary['seconds'])
     print(f'prepare: {summary["num_written"]} examples written, {summary["num_skipped"]} '
           f'skipped -> {summary["data_dir"]} (summary: {path})')
+  prepare_lib.check_summary(summary, path)
   return summary

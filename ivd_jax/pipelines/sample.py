@@ -66,6 +66,8 @@ def _validate(s: Any) -> None:
   if s.viewset not in viewsets.VIEWSETS:
     raise errors.ConfigError('sample.viewset', f'unknown view set {s.viewset!r}',
                              f'use one of {viewsets.VIEWSETS}')
+  if s.run_name:
+    errors.check_name('sample.run_name', s.run_name)  # DIR/samples/<run_name>: one component
 
 
 def _export_instances(out_dir: str, s: Any, result: generate.ViewSetResult, poses: np.ndarray,

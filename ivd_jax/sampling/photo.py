@@ -2,9 +2,11 @@
 
 The photo is read exactly as prepare reads a folder image (ivd_jax.io.ingest): 16-bit, grayscale,
 palette, CMYK and alpha images converted to 8-bit RGB, Lanczos resize of the short side and centre
-crop; the depth nearest-resized to the image (same aspect ratio), invalid values filled from the
-nearest valid pixel, cropped the same way and converted to the z-buffer encoding of the data the
-networks were trained on (docs/method.md §3). sample.source_depth_kind says what the depth file
+crop; the depth nearest-resized to the image (same aspect ratio), checked by prepare's rule
+(ingest.checked_depth: no valid value, MiDaS disparity nowhere positive, constant depth, or more
+than sample.max_invalid_depth of it NaN / inf / (depth) <= 0 is refused), a few invalid values
+filled from the nearest valid pixel, cropped the same way and converted to the z-buffer encoding of
+the data the networks were trained on (docs/method.md §3). sample.source_depth_kind says what the depth file
 holds:
   midas      raw MiDaS disparity at the reference's scale (.npz key arr_0, or .npy)
   zbuf       the z-buffer in [0, 1] (.npy / .npz), or a 16-bit PNG as prepare writes it
@@ -68,7 +70,7 @@ def load_source_view(sample_config: Any, resolution: int, *, near: float,
 
   Raises:
     errors.ConfigError: naming the sample.* field, for a missing or unreadable file, depth that
-      does not fit the photo or has no valid value, or an unknown depth kind.
+      does not fit the photo or fails ingest.checked_depth, or an unknown depth kind.
   """
   s = sample_config
   kind = s.source_depth_kind
@@ -92,18 +94,23 @@ def load_source_view(sample_config: Any, resolution: int, *, near: float,
     raw = _read_depth_file(s, image.width, image.height, notes)
     raw_kind, field = _FILE_KINDS[kind], 'sample.source_depth'
     name = paths.basename(s.source_depth)
-  valid = ingest.valid_depth(raw, raw_kind)
-  if not valid.any():
+  finite = raw[np.isfinite(raw)]
+  if raw_kind == 'zbuf' and finite.size and not (finite.min() >= 0.0 and finite.max() <= 1.0):
     raise errors.ConfigError(
-        field, 'the depth has no valid value (every one is NaN, inf or, for depth, <= 0)',
-        'give a depth map with finite values, or another source_depth_kind')
-  # A photo the user names is used whenever some depth is valid: every gap is filled.
-  raw = ingest.repair_depth(raw, valid, 1.0, name, notes)
-  zbuf = ingest.zbuf_from_raw(ingest.resize_crop_depth(raw, resolution), raw_kind, near, far)
-  if raw_kind == 'zbuf' and not (zbuf.min() >= 0.0 and zbuf.max() <= 1.0):
-    raise errors.ConfigError(
-        'sample.source_depth', f'z-buffer values span [{zbuf.min():g}, {zbuf.max():g}], not '
+        'sample.source_depth', f'z-buffer values span [{finite.min():g}, {finite.max():g}], not '
         '[0, 1]', "give the z-buffer in [0, 1], or set source_depth_kind to 'midas' or 'depth'")
+  max_invalid = s.get('max_invalid_depth')
+  if max_invalid is None or not 0 <= float(max_invalid) < 1:
+    raise errors.ConfigError('sample.max_invalid_depth', f'{max_invalid!r}',
+                             'use a fraction in [0, 1) (configs/common.py:sample_section)')
+  try:
+    raw = ingest.checked_depth(raw, raw_kind, float(max_invalid), name, notes,
+                               'sample.max_invalid_depth')
+  except ingest.Skip as e:
+    raise errors.ConfigError(
+        field, str(e), 'give a depth map with finite, varying values (positive for depth), or '
+        'another source_depth_kind') from None
+  zbuf = ingest.zbuf_from_raw(ingest.resize_crop_depth(raw, resolution), raw_kind, near, far)
   zbuf = np.clip(zbuf, 0.0, 1.0)  # float rounding at the planes
   for note in notes:
     logging.info('photo %s: %s', s.source_image, note)
