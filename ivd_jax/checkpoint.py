@@ -206,6 +206,23 @@ def preemption_service_active() -> bool:
   return bool(jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service)
 
 
+_BARRIER_USES: dict[str, int] = {}
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+  """A barrier of all processes over the coordination service (no-op with one process).
+
+  Unlike multihost_utils.sync_global_devices it runs no device collective: on CPU, gloo gives
+  every process 30 s to join the first collective of a device group, so processes whose start-up
+  (imports, restore, compilation) drifted further apart than that would fail there instead of
+  waiting. Every process must pass the same names in the same order (repeats are numbered).
+  """
+  if jax.process_count() == 1:
+    return
+  uses = _BARRIER_USES[name] = _BARRIER_USES.get(name, -1) + 1
+  ocp.multihost.get_barrier_sync_fn()(key=f'{name}:{uses}', timeout_ms=int(timeout_s * 1000))
+
+
 def abstract_state_like(state: Any) -> Any:
   """ShapeDtypeStructs with the same shapes, dtypes and shardings as a concrete (or eval_shape) tree."""
   return jax.tree.map(

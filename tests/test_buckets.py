@@ -1,12 +1,14 @@
 """Workdirs on a bucket: every mode against a local GCS emulator (gcp-storage-emulator).
 
-The emulator (tests/gcs_emulator.py: gcp-storage-emulator with the generation header and read
-conditions TensorStore relies on) is a subprocess on a free loopback port; gcsfs (etils.epath: configs, metrics,
-pictures, JSON, markers) finds it through STORAGE_EMULATOR_HOST and TensorStore (orbax's arrays)
-through TENSORSTORE_GCS_HTTP_URL, both without credentials (gcsfs anonymous, TensorStore's test
-token), so no request leaves the machine. One chain, as a user would run it on a pod with
---workdir=gs://bucket/run: prepare -> train G_u (2 steps) -> resume (2 more) -> train G_c from G_u
--> sample -> eval, the dataset staged to a local cache for grain, the working directory a fresh
+The emulator (tests/gcs_emulator.py: gcp-storage-emulator plus the generation header and read
+conditions TensorStore relies on) is a subprocess on a free loopback port. gcsfs (etils.epath:
+configs, metrics, pictures, JSON, markers) finds it through STORAGE_EMULATOR_HOST and TensorStore
+(orbax's arrays) through TENSORSTORE_GCS_HTTP_URL, both without credentials (gcsfs anonymous,
+TensorStore's test token), so no request leaves the machine.
+
+One chain, as a user would run it on a pod with --workdir=gs://bucket/run: prepare -> train G_u
+(2 steps) -> resume (2 more) -> train G_c from G_u -> sample -> eval (Inception weights on the
+bucket too), the dataset staged to a local cache for grain, the working directory a fresh
 temporary folder that must not gain a folder named `gs:`.
 """
 import importlib.util
@@ -21,21 +23,24 @@ import urllib.request
 import numpy as np
 import pytest
 
+from ivd_jax import checkpoint
+from ivd_jax import errors
+from ivd_jax import main as main_lib
+from ivd_jax.configs import eval as eval_config
+from ivd_jax.configs import prepare as prepare_config
+from ivd_jax.configs import quickstart as quickstart_config
+from ivd_jax.configs import sample as sample_config
+from ivd_jax.data import prepare as prepare_lib
+from ivd_jax.data import records
+from ivd_jax.io import npz
+from ivd_jax.io import paths
+from ivd_jax.io import video as video_io
+
 # Checked without importing: gcsfs must be imported after the fixture has set its environment.
 for _module in ('gcsfs', 'gcp_storage_emulator'):
   if importlib.util.find_spec(_module) is None:
     pytest.skip(f'{_module} is missing: pip install -r requirements-dev.txt (the gcs extra and '
                 'the emulator)', allow_module_level=True)
-
-from ivd_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax import main as main_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.configs import eval as eval_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.configs import prepare as prepare_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.configs import quickstart as quickstart_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.configs import sample as sample_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.io import npz  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.io import paths  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ivd_jax.io import video as video_io  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BUCKET = 'ivd-test-bucket'
 RUN = f'gs://{BUCKET}/run'
@@ -63,7 +68,7 @@ def emulator(tmp_path_factory):
   """A GCS emulator with one bucket; the environment points gcsfs and TensorStore at it."""
   port = _free_port()
   url = f'http://127.0.0.1:{port}'
-  log = open(tmp_path_factory.mktemp('emulator') / 'emulator.log', 'w')  # pylint: disable=consider-using-with
+  log = open(tmp_path_factory.mktemp('emulator') / 'emulator.log', 'w')  # pylint: disable=R1732
   proc = subprocess.Popen(
       [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gcs_emulator.py'),
        str(port), BUCKET], stdout=log, stderr=subprocess.STDOUT)
@@ -262,10 +267,27 @@ def test_every_mode_with_its_workdir_on_a_bucket(emulator, tmp_path, monkeypatch
   written = json.loads(paths.read_text(paths.join(RUN, 'eval', 'bucket.json')))
   assert written['num_images'] == report['num_images'] == 4
   assert np.isfinite(written['fid']) and written['images'] == paths.join(out, 'views.npz')
+  assert written['settings']['inception_weights'] == weights
   assert json.loads(paths.read_text(paths.join(out, 'manifest.json')))['run'] == 'bucket'
 
   # The dataset was read from the local cache; no local folder named `gs:` anywhere.
   assert os.path.isfile(os.path.join(paths.staging_dir(data_dir, cache), 'metadata.json'))
   assert not [p for p, _, _ in os.walk(tmp_path) if os.path.basename(p) == 'gs:']
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  assert not any(os.path.exists(os.path.join(d, 'gs:')) for d in (repo, os.path.join(repo, 'tests')))
+  assert not any(os.path.exists(os.path.join(d, 'gs:')) for d in (repo, f'{repo}/tests'))
+
+
+def test_data_that_cannot_be_staged_names_the_fix(emulator, tmp_path):
+  """A dataset on a bucket that cannot be copied locally, and image folders on a bucket, are
+  ConfigErrors that name gcsfuse as the way out."""
+  del emulator
+  data_dir = f'gs://{BUCKET}/errors/data'
+  paths.write_text(paths.join(data_dir, 'metadata.json'), '{}')
+  not_a_folder = tmp_path / 'file'
+  not_a_folder.write_text('')
+  with pytest.raises(errors.ConfigError, match='data.cache_dir.*gcsfuse'):
+    records.local_dataset(data_dir, str(not_a_folder))
+  data = prepare_config.get_config('folder').data
+  data.folder = f'gs://{BUCKET}/images'
+  with pytest.raises(errors.ConfigError, match='data.folder.*gcsfuse'):
+    prepare_lib.options_from_config(data)

@@ -197,7 +197,7 @@ def _eval_files_config(tmp_path, weights, generated, **fields):
   config = eval_config.get_config('files')
   config.data.dir = str(tmp_path / 'data')
   config.eval.update(dict(inception_weights=weights, generated=str(generated), num_images=4,
-                          batch_size=4, kid_subsets=2, kid_subset_size=4, **fields))
+                          batch_size=8, kid_subsets=2, kid_subset_size=4, **fields))
   return config
 
 

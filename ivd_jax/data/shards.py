@@ -1,8 +1,9 @@
 """Writing shards: one worker writes one shard; local worker processes share the shards.
 
 A shard is written to a local temporary file (ArrayRecord writes local files only), renamed or,
-for a dataset on a bucket, uploaded when complete, and then recorded by its marker (data.plan). Inputs that cannot be used are skipped with the reason, one unexpected error on an
-odd file included: it must not stop a week-long job. Tasks run in this process or in a pool of
+for a dataset on a bucket, uploaded when complete, and then recorded by its marker (data.plan).
+Inputs that cannot be used are skipped with the reason, one unexpected error on an odd file
+included: it must not stop a week-long job. Tasks run in this process or in a pool of
 spawned processes, with one progress bar and ETA over all of them.
 """
 import concurrent.futures
@@ -45,7 +46,9 @@ def write_shard(task: Dict[str, Any], estimator=None) -> Dict[str, Any]:
   options = task['options']
   feats = records.features(options['resolution'])
   final = task['path']  # local or gs://
-  tmp = paths.temp_target(final)
+  # Locally <shard>.tmp beside it (a rerun overwrites an interrupted one); for a bucket a local
+  # temporary file that commit() uploads.
+  tmp = paths.temp_target(final) if paths.is_remote(final) else final + '.tmp'
   writer = array_record_module.ArrayRecordWriter(tmp, 'group_size:1')
   written, skipped, converted, label_counts = 0, [], [], {}
   num_bytes = 0

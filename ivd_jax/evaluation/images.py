@@ -163,8 +163,9 @@ def read_images(path: str, *, field: str, views: str = 'novel', limit: int = 0) 
   """Images from a folder (recursive, sorted) or an .npz (`images`, or `rgbd` view sets).
 
   Args:
-    path: (local or gs://) a folder of images, an .npz with `images` [N, H, W, 3] (uint8 or floats in [0, 1]), or
-      the sample mode's views.npz (`rgbd` [N, V, H, W, 4] in [0, 1], optionally `views`).
+    path: (local or gs://) a folder of images, an .npz with `images` [N, H, W, 3] (uint8 or
+      floats in [0, 1]), or the sample mode's views.npz (`rgbd` [N, V, H, W, 4] in [0, 1],
+      optionally `views`).
     field: the config field that named `path` (eval.<field> in error messages).
     views: which views of `rgbd` view sets are scored (VIEW_CHOICES).
     limit: keep at most this many images (0 = all).

@@ -33,10 +33,6 @@ def is_remote(path: PathLike) -> bool:
   return '://' in os.fspath(path)
 
 
-def as_path(path: PathLike) -> epath.Path:
-  return epath.Path(path)
-
-
 def join(path: PathLike, *parts: str) -> str:
   """os.path.join that keeps a URL's scheme (gs://b/x + y -> gs://b/x/y)."""
   if is_remote(path):

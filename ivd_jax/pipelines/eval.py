@@ -35,6 +35,7 @@ from typing import Any, Iterator, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from ivd_jax import errors
@@ -133,8 +134,14 @@ def _largest_divisor(n: int, at_most: int) -> int:
   return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
-def _pipeline_images(config: Any, workdir: str, limit: int) -> tuple[int, Iterator[np.ndarray]]:
-  """(image count over all processes, iterator of uint8 RGB batches) of the real set in order."""
+def _pipeline_images(config: Any, workdir: str, limit: int
+                     ) -> tuple[list[int], tuple[int, int, int], Iterator[np.ndarray]]:
+  """The real set in file order, the first `limit` images (0: all), split over the processes.
+
+  Returns:
+    (images of every process: process p holds the p-th consecutive part, [H, W, 3], iterator of
+    this process's uint8 RGB batches).
+  """
   e = config.eval
   data_config = config.data
   if not data_config.get('dir'):
@@ -145,14 +152,23 @@ def _pipeline_images(config: Any, workdir: str, limit: int) -> tuple[int, Iterat
   probe = pipeline.create_input_iterator(data_config, global_batch_size=procs, mesh=None,
                                          seed=0, split=e.reference_split, shuffle=False,
                                          num_epochs=1)
-  n = probe.num_examples if not limit else min(max(1, limit // procs), probe.num_examples)
-  # A batch size dividing the count, so that the pipeline's drop_remainder keeps every image.
-  local = _largest_divisor(n, max(1, e.batch_size // procs))
-  it = pipeline.create_input_iterator(data_config, global_batch_size=local * procs, mesh=None,
-                                      seed=0, split=e.reference_split, shuffle=False,
-                                      num_epochs=1)
+  counts = [probe.num_examples]
+  if procs > 1:  # tfds.split_for_jax_process: consecutive parts, in process order
+    counts = [int(c) for c in multihost_utils.process_allgather(np.int32(probe.num_examples))]
+  if limit:
+    starts = np.cumsum([0] + counts[:-1])
+    counts = [int(np.clip(limit - s, 0, c)) for s, c in zip(starts, counts)]
+  n = counts[jax.process_index()]
+  resolution = int(probe.metadata['resolution'])
 
   def batches():
+    if not n:
+      return
+    # A batch size dividing the count, so that the pipeline's drop_remainder keeps every image.
+    local = _largest_divisor(n, max(1, e.batch_size // procs))
+    it = pipeline.create_input_iterator(data_config, global_batch_size=local * procs, mesh=None,
+                                        seed=0, split=e.reference_split, shuffle=False,
+                                        num_epochs=1)
     seen = 0
     for batch in it:
       rgb = np.asarray(batch['rgbd'])[..., :3]
@@ -161,7 +177,7 @@ def _pipeline_images(config: Any, workdir: str, limit: int) -> tuple[int, Iterat
       if seen >= n:
         return
 
-  return n * procs, batches()
+  return counts, (resolution, resolution, 3), batches()
 
 
 def _reference(config: Any, workdir: str, extractor: fid.FeatureExtractor,
@@ -173,9 +189,9 @@ def _reference(config: Any, workdir: str, extractor: fid.FeatureExtractor,
     meta = {'reference': paths.abspath(e.reference), 'limit': int(e.num_reference),
             'weights': weights}
 
-    def real_images():
-      return images_lib.read_images(e.reference, field='reference', views='all',
-                                    limit=e.num_reference).images
+    def real_features():  # every process reads them all
+      return extractor.replicated(images_lib.read_images(e.reference, field='reference',
+                                                         views='all', limit=e.num_reference).images)
   else:
     data_dir = records.data_dir(config, workdir)
     metadata = records.load_metadata(data_dir)
@@ -184,13 +200,13 @@ def _reference(config: Any, workdir: str, extractor: fid.FeatureExtractor,
             'dataset': {k: metadata.get(k) for k in ('source', 'resolution', 'near', 'far',
                                                      'seed', 'splits', 'classes')}}
 
-    def real_images():
-      n, batches = _pipeline_images(config, workdir, e.num_reference)
-      logging.info('eval: reference statistics of %d real images', n)
-      return batches
+    def real_features():  # each process reads its part
+      counts, shape, batches = _pipeline_images(config, workdir, e.num_reference)
+      logging.info('eval: reference statistics of %d real images', sum(counts))
+      return extractor.in_order(batches, counts, shape)
 
   def compute():
-    return reference.ReferenceStats.from_features(extractor(real_images()).pool, {},
+    return reference.ReferenceStats.from_features(real_features().pool, {},
                                                   kid_max=e.kid_max_reference, seed=e.seed)
 
   path = e.reference_cache or reference.cache_path(paths.join(workdir, 'eval'), meta)
@@ -320,7 +336,7 @@ def evaluate(config: Any, workdir: str) -> dict:
   # Reference statistics, then the generated features and the scores.
   ref, cached = _reference(config, workdir, extractor, weights_path)
   t0 = time.perf_counter()
-  feats = extractor(gen.images)
+  feats = extractor.replicated(gen.images)  # the same images on every process
   extract_s = time.perf_counter() - t0
   report = {
       'name': e.name or _default_name(config),

@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional
 from absl import logging
 import jax
 
+from ivd_jax import checkpoint as ckpt_lib
 from ivd_jax.data import prepare as prepare_lib
 from ivd_jax.data import records
 from ivd_jax.io import paths
@@ -56,5 +57,8 @@ def run(config, workdir: str, *, process_index: Optional[int] = None,
                  summary['seconds'])
     print(f'prepare: {summary["num_written"]} examples written, {summary["num_skipped"]} '
           f'skipped -> {summary["data_dir"]} (summary: {path})')
+  if process_count > 1 and process_count == jax.process_count():
+    # Process 0 wrote the metadata and the summary: the dataset is complete for every process.
+    ckpt_lib.wait_for_all_processes('ivd_jax:prepare')
   prepare_lib.check_summary(summary, path)
   return summary

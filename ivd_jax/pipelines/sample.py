@@ -15,6 +15,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from ivd_jax import checkpoint as ckpt_lib
 from ivd_jax import errors
 from ivd_jax import parallel
 from ivd_jax.evaluation import consistency
@@ -27,6 +28,9 @@ from ivd_jax.sampling import photo
 from ivd_jax.sampling import sampler as sampler_lib
 from ivd_jax.sampling import settings as settings_lib
 from ivd_jax.sampling import viewsets
+
+# Multi-process runs: how long the other processes wait for process 0 to write the exports.
+_EXPORT_TIMEOUT_S = 24 * 3600
 
 
 def build_sampler(sample_config: Any, mesh_config: Any, *,
@@ -148,8 +152,9 @@ def sample_and_export(config: Any, workdir: str, *,
         result.rgbd, result.views, near=s.near, far=s.far, fov_deg=s.fov_deg, ssaa=s.ssaa,
         atol=s.atol, rtol=s.rtol, neighbours=s.consistency_neighbours or None)
     manifest['timings']['consistency_s'] = time.perf_counter() - t0
-  if jax.process_index() != 0:
-    return manifest
+  if jax.process_index() != 0:  # process 0 alone writes the files; the others wait for it
+    ckpt_lib.wait_for_all_processes('ivd_jax:sample_export', timeout_s=_EXPORT_TIMEOUT_S)
+    return dict(manifest, dir=out_dir, instances=[])
   manifest['instances'] = _export_instances(out_dir, s, result, poses, fused)
   if s.export:
     export.export_run(out_dir, rgbd=result.rgbd, views=result.views, labels=result.labels,
@@ -157,4 +162,5 @@ def sample_and_export(config: Any, workdir: str, *,
   jsonio.write_manifest(paths.join(out_dir, 'manifest.json'), manifest)
   logging.info('wrote %s (consistency %s)', out_dir, json.dumps(manifest['consistency']))
   manifest['dir'] = out_dir
+  ckpt_lib.wait_for_all_processes('ivd_jax:sample_export', timeout_s=_EXPORT_TIMEOUT_S)
   return manifest

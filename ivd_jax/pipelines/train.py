@@ -89,9 +89,9 @@ def ensure_dataset(config: ml_collections.ConfigDict, workdir: str) -> None:
     print(f'train: no dataset at {path}; generating the procedural dataset '
           f'({config.data.num_examples} scenes at {config.data.resolution} px) with prepare',
           file=sys.stderr)
-    prepare_config = ml_collections.ConfigDict(config.to_dict())
-    prepare_config.mode = 'prepare'
-    prepare_pipeline.run(prepare_config, workdir)
+  prepare_config = ml_collections.ConfigDict(config.to_dict())
+  prepare_config.mode = 'prepare'
+  prepare_pipeline.run(prepare_config, workdir)  # every process writes its share of the shards
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('ivd_jax:prepare')
 
@@ -250,6 +250,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     accum, accum_steps = None, 0
     last = {'step': start_step}
     stopped = 'finished'
+    # All processes enter the loop together (start-up may have drifted by minutes on a loaded
+    # host; the first collectives of the step would not wait that long on CPU).
+    ckpt_lib.wait_for_all_processes('ivd_jax:train_loop')
     t_log = time.perf_counter()
     step = start_step
     with _StopSignal(reached_preemption=checkpointer.reached_preemption,
