@@ -300,21 +300,23 @@ def test_sample_mode_writes_manifest_and_instances(tmp_path, fixture_models, sam
   trained.model = convert_reference.model_config(model_c)
   checkpoint.save_params(str(tmp_path / 'gc_trained'), params_c, trained)
   Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / 'photo.png')
-  np.save(tmp_path / 'photo.npy', np.full((32, 32), 2.0, np.float32))
+  # Constant depth is refused (it holds no depth): a tilted plane from 1.5 to 2.5.
+  depth = np.tile(np.linspace(1.5, 2.5, 32, dtype=np.float32), (32, 1))
+  np.save(tmp_path / 'photo.npy', depth)
   s.update(dict(cond=str(tmp_path / 'gc_trained'), uncond='',
                 source_image=str(tmp_path / 'photo.png'), source_depth=str(tmp_path / 'photo.npy'),
                 source_depth_kind='depth', num_instances=1, video=False, run_name='photo'))
   manifest = ivd_main.run(config, str(tmp_path / 'wd'))
   assert manifest['from_photo'] and (manifest['data_near'], manifest['data_far']) == (0.25, 40.0)
   with np.load(tmp_path / 'wd' / 'samples' / 'photo' / 'instance_0000' / 'arrays.npz') as f:
-    np.testing.assert_allclose(f['rgbd'][0, ..., 3], depth_lib.zbuf_from_depth(2.0, 0.25, 40.0),
-                               atol=1e-6)
+    np.testing.assert_allclose(f['rgbd'][0, ..., 3],
+                               depth_lib.zbuf_from_depth(depth, 0.25, 40.0), atol=1e-6)
 
 
 def _photo_sample_config(image, depth, kind='midas'):
   return ml_collections.ConfigDict(dict(source_image=str(image), source_depth=str(depth),
                                         source_depth_kind=kind, estimator='',
-                                        estimator_kwargs={}))
+                                        estimator_kwargs={}, max_invalid_depth=0.5))
 
 
 def test_load_source_view_converts_midas_disparity(tmp_path):

@@ -54,6 +54,12 @@ def to_host(x: jax.Array) -> np.ndarray:
   return np.asarray(x)
 
 
+def _from_host(params: Any) -> Any:
+  """Parameters every process holds alike; arrays on one local device cannot be put on other
+  hosts' devices, so a multi-process run puts them on the mesh from host memory."""
+  return jax.device_get(params) if jax.process_count() > 1 else params
+
+
 class ViewSampler:
   """G_u, aggregation and G_c, each compiled once per batch shape and reused for every view.
 
@@ -83,7 +89,7 @@ class ViewSampler:
     rep = parallel.replicated(mesh)
     self.batch_sharding = batch
     c_shard = parallel.tree_shardings(mesh, cond.params)
-    self.cond_params = jax.device_put(cond.params, c_shard)
+    self.cond_params = jax.device_put(_from_host(cond.params), c_shard)
     self._next_view = jax.jit(
         self._next_view_impl, in_shardings=(c_shard, batch, batch, rep, batch, rep, batch, batch),
         out_shardings=(batch, (batch, batch, batch)), donate_argnums=(1,))
@@ -91,7 +97,7 @@ class ViewSampler:
                          out_shardings=(batch, batch))
     if uncond is not None:
       u_shard = parallel.tree_shardings(mesh, uncond.params)
-      self.uncond_params = jax.device_put(uncond.params, u_shard)
+      self.uncond_params = jax.device_put(_from_host(uncond.params), u_shard)
       self._first_view = jax.jit(self._first_view_impl, in_shardings=(u_shard, batch, batch),
                                  out_shardings=batch)
 

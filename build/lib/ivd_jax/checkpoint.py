@@ -130,7 +130,11 @@ class Checkpointer:
     return self.every_steps > 0 and step % self.every_steps == 0
 
   def reached_preemption(self, step: int) -> bool:
-    """True on every process once any host got a preemption notice (multi-host agreement)."""
+    """True at the same step on every process once any host got a preemption notice (SIGTERM).
+
+    JAX's preemption service agrees on that step (the largest step any process had reached,
+    plus one); every process must call this at every step, with the same step numbers.
+    """
     return self._manager.reached_preemption(step)
 
   def save(self, step: int, state: Any, *, data_state: Optional[dict[str, Any]],
@@ -190,6 +194,33 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def preemption_service_active() -> bool:
+  """Whether JAX's preemption service runs in this process (Checkpointer.reached_preemption).
+
+  jax.distributed.initialize starts it unless jax_enable_preemption_service is off; it then owns
+  SIGTERM (its notifier swallows the signal and tells every process), so a Python SIGTERM
+  handler installed later would silently disable it.
+  """
+  return bool(jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service)
+
+
+_BARRIER_USES: dict[str, int] = {}
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+  """A barrier of all processes over the coordination service (no-op with one process).
+
+  Unlike multihost_utils.sync_global_devices it runs no device collective: on CPU, gloo gives
+  every process 30 s to join the first collective of a device group, so processes whose start-up
+  (imports, restore, compilation) drifted further apart than that would fail there instead of
+  waiting. Every process must pass the same names in the same order (repeats are numbered).
+  """
+  if jax.process_count() == 1:
+    return
+  uses = _BARRIER_USES[name] = _BARRIER_USES.get(name, -1) + 1
+  ocp.multihost.get_barrier_sync_fn()(key=f'{name}:{uses}', timeout_ms=int(timeout_s * 1000))
 
 
 def abstract_state_like(state: Any) -> Any:

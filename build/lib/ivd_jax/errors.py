@@ -28,6 +28,21 @@ class ConfigError(FieldError):
     self.field, self.problem, self.fix = field, problem, fix
 
 
+def check_name(field: str, name: str) -> str:
+  """`name` if it is one plain path component (a run or report name); else a ConfigError.
+
+  Names are joined under the workdir (DIR/samples/<run_name>, DIR/eval/<name>.json); '/', '\\'
+  or '..' would write outside it.
+  """
+  text = str(name)
+  if (not text or text in ('.', '..') or any(c in text for c in '/\\\0') or
+      text != text.strip()):
+    raise ConfigError(field, f'{text!r} is not a plain name (one folder or file name)',
+                      "use letters, digits, '-', '_' and '.', without '/', '\\' or '..', "
+                      'e.g. photo_run1')
+  return text
+
+
 @contextlib.contextmanager
 def config_section(section: str) -> Iterator[None]:
   """Re-raises a library FieldError as the ConfigError of config.<section>.<field>."""

@@ -5,12 +5,15 @@
   ivd-jax --config=uncond[:preset] --workdir=DIR ...      # installed: configs by bare name
 
 Kept short on purpose: flags, multi-host initialisation, one call into a library function
-chosen by `config.mode`.
+chosen by `config.mode`. Every error of the user's making (a flag, a config field, a file, the
+workdir) ends the process with one line `error: ...` on stderr and exit code 2.
 """
 import importlib
 import pathlib
+import re
 import sys
-from typing import Sequence
+import tempfile
+from typing import NoReturn, Sequence
 
 from absl import app
 from absl import flags
@@ -19,6 +22,7 @@ from ml_collections import config_flags
 
 from ivd_jax import errors
 from ivd_jax import parallel
+from ivd_jax.io import paths
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'ml_collections config file or the name of a packaged config (uncond, cond, '
@@ -77,18 +81,86 @@ def resolve_config_names(argv: Sequence[str]) -> list[str]:
   return argv
 
 
+def fail(message: str) -> NoReturn:
+  """Ends the process: one line `error: message` on stderr, exit code 2."""
+  print('error: ' + ' '.join(str(message).split()), file=sys.stderr)
+  sys.exit(2)
+
+
+def flag_error_message(e: Exception, argv: Sequence[str]) -> str:
+  """One line naming the flag and the fix for an error of absl / ml_collections flag parsing."""
+  while isinstance(e, (KeyError, AttributeError)) and e.args and isinstance(e.args[0], Exception):
+    e = e.args[0]  # ml_collections wraps the KeyError of a missing field in an AttributeError
+  text = str(e.args[0]) if isinstance(e, (KeyError, AttributeError)) and e.args else str(e)
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if any(line.startswith('Traceback') for line in lines):  # a config file raised: its last line
+    lines = [lines[0], lines[-1]]
+  text = ' '.join(lines)
+  overrides = [a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]
+  unknown = re.search(r"'([^']+)'", text) if isinstance(e, (KeyError, AttributeError)) else None
+  if isinstance(e, flags.UnrecognizedFlagError) and 'config.' in text:
+    unknown = re.search(r"'config\.[^']*?([^.']+)'", text)
+  if unknown:
+    key = unknown.group(1)
+    named = [o for o in overrides if key in o[len('--config.'):].split('.')]
+    flag = named[0] if named else '--config.<field>'
+    hint = '; ' + text[text.find('Did you mean'):] if 'Did you mean' in text else ''
+    return (f'{flag}: the config has no field {flag[len("--config."):]} (no {key!r} in it'
+            f'{hint}). Fix: check the name against the fields of '
+            "the mode's config (ivd_jax/configs/<mode>.py and the shared sections of "
+            'ivd_jax/configs/common.py)')
+  if isinstance(e, flags.UnrecognizedFlagError):
+    return (f'{text}. Fix: the flags are --config, --workdir and --config.<section>.<field>=value '
+            '(--helpfull lists them)')
+  if 'config file' in text:
+    return f'{text}. Fix: give an existing config file and one of its presets'
+  return f'{text}. Fix: give the flag a value of its type (--helpfull lists the flags)'
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing, with every flag error (an unknown config field, a value of the wrong
+  type, a config file that raises) as one line `error: ...` and exit code 2."""
+  try:
+    return flags.FLAGS(list(argv))
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    fail(flag_error_message(e, argv))
+
+
+def check_workdir(workdir: str) -> None:
+  """A local workdir must be a directory this process can create and write in."""
+  if paths.is_remote(workdir):
+    return
+  path = pathlib.Path(workdir)
+  fix = 'give --workdir a directory you can write to (it is created when missing)'
+  if path.exists() and not path.is_dir():
+    raise errors.UserError(f'--workdir {workdir} is a file, not a directory. Fix: {fix}')
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise errors.UserError(f'--workdir {workdir} cannot be written ({e.strerror or e}). '
+                           f'Fix: {fix}') from None
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    fail(f'unexpected arguments {argv[1:]}. Fix: pass settings as --config.<section>.<field>=value')
+  if _CONFIG.value is None:
+    fail('--config is required: the mode\'s config. Fix: --config=NAME[:preset] with NAME one of '
+         'uncond, cond, prepare, sample, eval, quickstart, warp_demo, or a config file path')
   if _WORKDIR.value is None:
-    raise app.UsageError('--workdir is required: the directory for outputs and checkpoints.')
-  parallel.maybe_initialize(_CONFIG.value)
+    fail('--workdir is required: the directory for outputs and checkpoints. Fix: --workdir=DIR')
   try:
+    check_workdir(_WORKDIR.value)
+    parallel.maybe_initialize(_CONFIG.value)
     run(_CONFIG.value, _WORKDIR.value)
   except errors.UserError as e:
     logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    fail(str(e))
+  except (PermissionError, IsADirectoryError, NotADirectoryError) as e:
+    logging.error('%s', e)
+    fail(f'{e.filename}: {e.strerror}. Fix: check that path and its permissions')
 
 
 def cli() -> None:
@@ -98,7 +170,7 @@ def cli() -> None:
   except app.UsageError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  app.run(main, argv=argv)
+  app.run(main, argv=argv, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

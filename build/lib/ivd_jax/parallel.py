@@ -30,7 +30,12 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int
   Raises:
     ConfigError: when the shape does not match the number of devices.
   """
-  shape = tuple(int(s) for s in shape)
+  try:
+    shape = tuple(int(s) for s in shape)
+  except (TypeError, ValueError):
+    raise errors.ConfigError('mesh.shape', f'{shape!r} is not a tuple of integers',
+                             "give two sizes for the axes ('data', 'fsdp'), e.g. "
+                             "--config.mesh.shape='(-1, 1)'") from None
   if len(shape) != 2:
     raise errors.ConfigError('mesh.shape', f'{shape} has {len(shape)} entries',
                              "give two sizes for the axes ('data', 'fsdp'), e.g. (-1, 1)")
@@ -116,23 +121,99 @@ def tree_shardings(mesh: jax.sharding.Mesh, tree: Any, min_size: int = MIN_SHARD
 
 # ---------------------------------------------------------------------------------------------
 # Multi-host initialisation: must run before anything queries jax devices.
-# Three ways a run becomes multi-process, checked in this order:
-# 1. config.distributed.coordinator_address (+ num_processes, process_id): explicit coordinates,
-#    e.g. a 2-process run on localhost or a cluster without a scheduler JAX knows.
-# 2. The platform provides them: a Cloud TPU pod slice (several TPU worker hostnames) or a SLURM
-#    job step with several tasks (srun); jax.distributed.initialize() reads them itself.
-# 3. config.distributed.enabled=True: call initialize() with no arguments and let JAX detect the
-#    cluster (e.g. other environments JAX supports).
-# Single-host runs skip initialisation entirely.
+# detect_cluster() decides, from the config and the environment only (no network, no devices),
+# whether this process is one of several; the first rule that matches wins:
+#   'config'    config.distributed.coordinator_address (+ num_processes, process_id): explicit
+#               coordinates (launch/local.sh, a cluster without a scheduler JAX knows).
+#   'env'       JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID in the environment:
+#               the same, set by a launcher (the simulated pod of tests/test_launch.py).
+#   (IVD_JAX_DISTRIBUTED=0 stops here: the rules below never initialise.)
+#   'requested' config.distributed.enabled=True or IVD_JAX_DISTRIBUTED=1 (launch/tpu_pod.sh sets
+#               it on every worker): JAX finds the cluster itself. On a Cloud TPU VM slice its
+#               GceTpuCluster reads the workers from the metadata server, because an ssh shell on
+#               a TPU VM carries no TPU_* variables that would tell the slice apart from one host.
+#   'gke-tpu'   TPU_PROCESS_ADDRESSES / TPU_WORKER_HOSTNAMES name several hosts (GKE TPU pods).
+#   'cloud-tpu' TPU topology variables of a multi-host slice: TPU_PROCESS_BOUNDS or
+#               TPU_HOST_BOUNDS with more than one process, MEGASCALE_NUM_SLICES > 1 (multislice),
+#               or TPU_ACCELERATOR_TYPE above 8 (v4-16, v5litepod-16, ...: every type up to
+#               -8 is one host, every larger one is several).
+#   'slurm'     an srun job step with several tasks: the variables JAX's SlurmCluster reads
+#               (SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID)
+#               plus SLURM_STEP_ID, which only a job step has (not the sbatch batch shell).
+# Anything else is a single-process run and skips initialisation.
 # ---------------------------------------------------------------------------------------------
-def _platform_is_multiprocess() -> bool:
-  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
-  if len([h for h in hosts.split(',') if h.strip()]) > 1:
-    return True
-  # SLURM_STEP_ID is set only inside an srun job step, where every task is one JAX process.
-  if 'SLURM_STEP_ID' in os.environ and int(os.environ.get('SLURM_NTASKS', '1')) > 1:
-    return True
-  return False
+ENV_DISTRIBUTED = 'IVD_JAX_DISTRIBUTED'
+_SLURM_VARS = ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
+               'SLURM_LOCALID', 'SLURM_STEP_ID')
+
+
+def _int(value: Any, default: int = 0) -> int:
+  try:
+    return int(str(value).strip().strip("'\""))
+  except ValueError:
+    return default
+
+
+def _product(bounds: str) -> int:
+  """'2,2,8' -> 32; an empty or malformed value counts as one."""
+  sizes = [_int(b, 1) for b in bounds.split(',') if b.strip()]
+  return int(np.prod(sizes)) if sizes else 1
+
+
+def _host_list(value: str) -> list[str]:
+  return [h for h in value.split(',') if h.strip()]
+
+
+def _tpu_multihost(env: Any) -> Optional[str]:
+  """'gke-tpu', 'cloud-tpu' or None from TPU variables of the environment."""
+  hosts = env.get('TPU_PROCESS_ADDRESSES') or env.get('TPU_WORKER_HOSTNAMES') or ''
+  if len(_host_list(hosts)) > 1:
+    return 'gke-tpu'
+  if (_product(env.get('TPU_PROCESS_BOUNDS', '')) > 1 or
+      _product(env.get('TPU_HOST_BOUNDS', '')) > 1 or
+      _int(env.get('MEGASCALE_NUM_SLICES', 1), 1) > 1):
+    return 'cloud-tpu'
+  accelerator = env.get('TPU_ACCELERATOR_TYPE', '')
+  if '-' in accelerator and _int(accelerator.rsplit('-', 1)[1]) > 8:
+    return 'cloud-tpu'
+  return None
+
+
+def detect_cluster(dist: Any, env: Any = None) -> tuple[Optional[str], dict[str, Any]]:
+  """How this process joins a multi-process run: (rule, jax.distributed.initialize kwargs).
+
+  Args:
+    dist: config.distributed (or {}); see the rules above.
+    env: the environment, default os.environ.
+
+  Returns:
+    (None, {}) for a single-process run; otherwise the rule's name and the keyword arguments
+    (empty where JAX detects the coordinates itself).
+  """
+  env = os.environ if env is None else env
+  dist = dist or {}
+  if dist.get('coordinator_address'):
+    kwargs = dict(coordinator_address=dist['coordinator_address'],
+                  num_processes=int(dist['num_processes']), process_id=int(dist['process_id']))
+    if dist.get('local_device_ids'):
+      kwargs['local_device_ids'] = [int(i) for i in dist['local_device_ids']]
+    return 'config', kwargs
+  if env.get('JAX_COORDINATOR_ADDRESS') and env.get('JAX_NUM_PROCESSES'):
+    if _int(env['JAX_NUM_PROCESSES'], 1) > 1:
+      return 'env', dict(coordinator_address=env['JAX_COORDINATOR_ADDRESS'],
+                         num_processes=_int(env['JAX_NUM_PROCESSES']),
+                         process_id=_int(env.get('JAX_PROCESS_ID', 0)))
+  switch = env.get(ENV_DISTRIBUTED, '').strip().lower()
+  if switch in ('0', 'false', 'no', 'off'):
+    return None, {}
+  if dist.get('enabled', False) or switch in ('1', 'true', 'yes', 'on'):
+    return 'requested', {}
+  tpu = _tpu_multihost(env)
+  if tpu:
+    return tpu, {}
+  if all(v in env for v in _SLURM_VARS) and _int(env['SLURM_NTASKS'], 1) > 1:
+    return 'slurm', {}
+  return None, {}
 
 
 def maybe_initialize(config: Any) -> bool:
@@ -141,27 +222,21 @@ def maybe_initialize(config: Any) -> bool:
   Args:
     config: the run's ConfigDict; its optional `distributed` section has coordinator_address,
       num_processes, process_id, local_device_ids, cpu_collectives ('gloo' for multi-process CPU
-      runs) and enabled.
+      runs) and enabled. The environment is read as detect_cluster() describes.
 
   Returns:
     True when this process is part of a multi-process run.
   """
   dist = config.get('distributed') or {}
-  explicit = bool(dist.get('coordinator_address'))
-  if not (explicit or dist.get('enabled', False) or _platform_is_multiprocess()):
+  rule, kwargs = detect_cluster(dist)
+  if rule is None:
     return False
   if jax.distributed.is_initialized():
     return True
-  kwargs = {}
-  if explicit:
-    kwargs = dict(coordinator_address=dist['coordinator_address'],
-                  num_processes=int(dist['num_processes']), process_id=int(dist['process_id']))
-    if dist.get('local_device_ids'):
-      kwargs['local_device_ids'] = [int(i) for i in dist['local_device_ids']]
   if dist.get('cpu_collectives'):
     jax.config.update('jax_cpu_collectives_implementation', dist['cpu_collectives'])
   jax.distributed.initialize(**kwargs)
-  logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
+  logging.info('jax.distributed (%s): process %d of %d, %d local / %d global devices', rule,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
   return True

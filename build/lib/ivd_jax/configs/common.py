@@ -1,4 +1,4 @@
-"""The sections every config shares: data, model, training recipe, sampling.
+"""The sections every config shares: data, model, training recipe, sampling, distributed.
 
 The one home of every default number (docs/method.md gives where each comes from). The mode
 configs (uncond, cond, prepare, sample, eval, quickstart) build on these; presets change
@@ -24,7 +24,12 @@ def data_section() -> ml_collections.ConfigDict:
   d.depth = 'exact'  # 'exact' (procedural) | 'midas' | 'depth_map' | 'estimator'
   d.resolution = 32
   d.num_examples = 2000  # procedural scenes
-  d.dir = ''  # the prepared dataset; '' = WORKDIR/data
+  d.dir = ''  # the prepared dataset; '' = WORKDIR/data (a local folder or gs://bucket/...)
+  # Where a dataset on a bucket is copied before the input pipeline reads it (ArrayRecord reads
+  # local files only); '' = $IVD_JAX_CACHE or ~/.cache/ivd_jax. Each host copies the dataset once
+  # and refreshes only changed files; for a dataset larger than the local disk, mount the bucket
+  # (gcsfuse) and set data.dir to the mount instead.
+  d.cache_dir = ''
   d.seed = 0
   d.flip = True
   d.num_workers = 0
@@ -41,6 +46,9 @@ def data_section() -> ml_collections.ConfigDict:
   d.estimator_batch_size = 16
   d.estimator_resolution = 512  # the estimator sees the same centre crop at this size
   d.max_invalid_depth = 0.05  # fraction of NaN/inf/<=0 depth filled from neighbours; more: skip
+  # prepare fails (after writing its summary) when it writes no example or skips more than this
+  # fraction of the images it found.
+  d.max_skipped_fraction = 0.5
   d.labels = 'auto'  # 'auto' (class subfolders give labels) | 'none' (all -1)
   d.classes = ''  # optional comma-separated class list fixing the label order
   d.num_eval_examples = 64  # procedural 'test' split
@@ -48,6 +56,30 @@ def data_section() -> ml_collections.ConfigDict:
   d.novel_poses = ()  # 'custom': (yaw, pitch[, radius]) rows, the first the source view
   d.examples_per_shard = 1024
   d.prepare_workers = 0  # local worker processes; 0 = all CPU cores
+  return d
+
+
+def distributed_section() -> ml_collections.ConfigDict:
+  """The `distributed` section of every mode: multi-process initialisation (ivd_jax.main).
+
+  Read by parallel.maybe_initialize before anything touches a device. TPU pod slices and SLURM
+  job steps are detected; set coordinator_address / num_processes / process_id for anything else
+  (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID in the environment, as
+  launch/local.sh NUM_PROCESSES=2 does; parallel.detect_cluster lists every rule).
+  """
+  d = ml_collections.ConfigDict()
+  d.coordinator_address = ''  # 'host:port' of process 0; '' = detect (or single process)
+  d.num_processes = 1
+  d.process_id = 0
+  d.local_device_ids = ()  # this process's devices; () = all local ones
+  d.cpu_collectives = ''  # 'gloo' for multi-process CPU runs
+  d.enabled = False  # True: jax.distributed.initialize() with JAX's own cluster detection
+  # Training only: every this many steps the processes all-reduce their local stop flags (Ctrl-C
+  # on one host; SIGTERM where JAX's preemption service is off), so that all save the same step
+  # and stop together. SIGTERM with the preemption service on (the default of multi-process
+  # runs) is agreed at the next step by the service itself. 0 = never (one host's Ctrl-C is then
+  # ignored by a multi-process run).
+  d.stop_check_every_steps = 10
   return d
 
 
@@ -131,15 +163,7 @@ def train_config(preset: Optional[str] = 'tiny', *, role: str = 'uncond'
   config.mesh.shape = (-1, 1)  # ('data', 'fsdp'); -1 = all remaining devices
   config.mesh.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated under fsdp
 
-  # Multi-process runs (ivd_jax/distributed.py). TPU pods and SLURM steps are detected; set
-  # coordinator_address/num_processes/process_id for anything else (e.g. localhost tests).
-  config.distributed = ml_collections.ConfigDict()
-  config.distributed.coordinator_address = ''
-  config.distributed.num_processes = 1
-  config.distributed.process_id = 0
-  config.distributed.local_device_ids = ()
-  config.distributed.cpu_collectives = ''  # 'gloo' for multi-process CPU runs
-  config.distributed.enabled = False
+  config.distributed = distributed_section()
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_steps = 5000
@@ -254,6 +278,9 @@ def sample_section() -> ml_collections.ConfigDict:
   s.source_depth_kind = 'midas'
   s.estimator = ''
   s.estimator_kwargs = ml_collections.ConfigDict()
+  # Fraction of the photo's depth that may be invalid (NaN/inf, or <= 0 for depth) and is filled
+  # from the nearest valid pixel; more is refused (prepare's rule, ivd_jax.io.ingest).
+  s.max_invalid_depth = 0.5
   # Fusion video: every generated view aggregated into a smooth camera path.
   s.video = True
   s.video_path = 'auto'  # 'auto' (orbit360 for that view set, else swing) | 'swing' | 'orbit360'

@@ -35,6 +35,9 @@ def eval_defaults() -> ml_collections.ConfigDict:
   # Scored views of each view set: 'novel' (every view but view 0, the protocol), 'first', 'all'.
   e.views = 'novel'
   e.generated = ''  # folder / .npz of generated images; '' = sample them with config.sample
+  # Generated images at another size than the real ones are refused unless this is True; then they
+  # are resized (Lanczos, short side, centre crop) to the real images' size before scoring.
+  e.resize_generated = False
   e.reference = ''  # folder / .npz of real images; '' = config.data through the input pipeline
   e.reference_split = 'train'
   e.num_reference = 0  # real images used (0 = all, the protocol)
@@ -68,6 +71,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.sample = common.sample_section()
   config.eval = eval_defaults()
   config.mesh = ml_collections.ConfigDict({'shape': (-1, 1)})
+  config.distributed = common.distributed_section()
   s, e = config.sample, config.eval
   # The protocol's sampling (docs/method.md §10) everywhere; presets only change sizes and step
   # counts.

@@ -56,4 +56,5 @@ def get_config(arg=None):
   config.data = data
   config.log = ml_collections.ConfigDict()
   config.log.progress = True
+  config.distributed = common.distributed_section()
   return config

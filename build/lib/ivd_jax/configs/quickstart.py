@@ -21,8 +21,8 @@ Measured on the idle 2-core development CPU (jax 0.10.2, cold compile, 2026-11-2
   3D consistency on the 3x9 cameras (702 view pairs over 4 instances, colour PSNR / depth
   agreement / co-visible fraction):
     full generation   20.0 dB / 0.928 / 0.406   (G_u's view 0: wall, ground and objects)
-    novel views       21.9 dB / 0.945 / 0.429   (true view 0 of held-out scenes)
-    true views        23.2 dB / 0.994 / 0.430   (ceiling)
+    novel views       21.0 dB / 0.948 / 0.395   (true view 0 of test-split scenes; 2026-12-01)
+    true views        22.2 dB / 0.995 / 0.411   (ceiling, the same test-split scenes)
 """
 import ml_collections
 
@@ -45,8 +45,10 @@ def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
   config.data.dir = ''  # '' = WORKDIR/data
   config.model = config.uncond.model
   config.mesh = config.uncond.mesh
+  config.distributed = config.uncond.distributed  # read by ivd_jax.main; the stages share it
   for stage, num_steps in ((config.uncond, 1000), (config.cond, 400)):
     stage.data, stage.model, stage.mesh = config.data, config.model, config.mesh
+    stage.distributed = config.distributed
     # Batch 8 at twice the tiny preset's learning rate: more updates per CPU-second, which is
     # what a minutes-long run is short of.
     stage.train.num_steps = num_steps

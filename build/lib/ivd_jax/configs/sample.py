@@ -26,6 +26,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.mode = 'sample'
   config.sample = common.sample_section()
   config.mesh = ml_collections.ConfigDict({'shape': (-1, 1)})
+  config.distributed = common.distributed_section()
   preset = arg or 'tiny'
   s = config.sample
   if preset == 'tiny':

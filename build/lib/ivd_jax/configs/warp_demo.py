@@ -8,6 +8,8 @@ DIR/warp_demo.json (precision / recall against the true co-visibility, PSNR in t
 """
 import ml_collections
 
+from ivd_jax.configs import common
+
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   del arg  # one preset
@@ -18,4 +20,5 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.demo = ml_collections.ConfigDict(dict(
       seed=3, resolution=128, poses='0.3,0,1; -0.25,0.12,1; 0.15,-0.1,0.85',
       near=0.5, far=100.0, fov_deg=45.0, ssaa=3, atol=0.02, rtol=0.02, scale=2))
+  config.distributed = common.distributed_section()
   return config

@@ -65,8 +65,7 @@ def _folder_depth(image: Image.Image, rel: pathlib.PurePath, path: pathlib.Path,
   raw = ingest.match_image_size(ingest.read_array(depth_path), image.width, image.height,
                                 depth_path.name, notes)
   kind = 'midas' if options['depth'] == 'midas' else options['depth_map_kind']
-  raw = ingest.repair_depth(raw, ingest.valid_depth(raw, kind), options['max_invalid_depth'],
-                            depth_path.name, notes)
+  raw = ingest.checked_depth(raw, kind, options['max_invalid_depth'], depth_path.name, notes)
   return ingest.zbuf_from_raw(ingest.resize_crop_depth(raw, options['resolution']), kind,
                               options['near'], options['far'], options['depth_map_scale'])
 
@@ -106,8 +105,8 @@ def estimate_zbuf(estimator: Callable[[np.ndarray], np.ndarray], crops: List[np.
   for disp in disparity:
     notes = []
     try:
-      disp = ingest.repair_depth(disp, ingest.valid_depth(disp, 'midas'),
-                                 options['max_invalid_depth'], 'from the estimator', notes)
+      disp = ingest.checked_depth(disp, 'midas', options['max_invalid_depth'],
+                                  'from the estimator', notes)
       out.append((ingest.zbuf_from_raw(ingest.resize_crop_depth(disp, options['resolution']),
                                        'midas', options['near'], options['far']), notes))
     except ingest.Skip as e:

@@ -14,9 +14,10 @@ axes (parallel.BATCH_SPEC).
   state = it.get_state()    # JSON-serialisable; goes into training checkpoints
   it.set_state(state)       # the next batches are exactly those of an uninterrupted run
 
-Fields of config.data read here: dir (the prepared dataset), resolution, near, far (checked
-against the dataset's metadata), num_classes (checked when > 0), flip, num_workers (grain worker
-processes), read_threads (reader threads, default 4).
+Fields of config.data read here: dir (the prepared dataset, local or gs://), cache_dir (where a
+dataset on a bucket is copied first), resolution, near, far (checked against the dataset's
+metadata), num_classes (checked when > 0), flip, num_workers (grain worker processes),
+read_threads (reader threads, default 4).
 """
 import json
 from typing import Any, Dict, Iterator, Optional
@@ -144,7 +145,9 @@ def create_input_iterator(data_config, *, global_batch_size: int, mesh, seed: in
         f'{process_count} processes', f'use a multiple of {process_count}')
   local_batch = global_batch_size // process_count
 
-  source = records.open_split(path, split, this_process_only=True)
+  # A dataset on a bucket (gs://) is first copied to data.cache_dir: ArrayRecord reads local files.
+  source = records.open_split(path, split, this_process_only=True,
+                              cache_dir=str(data_config.get('cache_dir') or ''))
   if len(source) < local_batch:
     raise errors.ConfigError(
         'train.batch_size', f'this process reads {len(source)} examples of split {split!r}, '

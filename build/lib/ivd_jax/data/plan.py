@@ -15,6 +15,8 @@ import pathlib
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from etils import epath
+
 from ivd_jax import errors
 from ivd_jax.data import procedural
 from ivd_jax.data import records
@@ -54,19 +56,33 @@ def list_folder(folder: pathlib.Path, labels: str, classes: Sequence[str]
                 ) -> Tuple[List[Tuple[str, int]], List[str], List[Dict[str, str]]]:
   """Image files (sorted), labels from class subfolders, and files that are not images.
 
+  Symbolic links are followed, but every real folder is walked once (a link back up the tree is
+  not followed again) and every real file is listed once, under its first path in sorted order.
+
   Returns:
     items [(relative path, label)], classes (sorted subfolder names unless given), ignored
-    [{file, reason}] for non-image files (depth sidecars of the image folder excepted).
+    [{file, reason}] for non-image files (depth sidecars of the image folder excepted) and
+    further links to an image already listed.
   """
   files, ignored = [], []
+  seen_dirs, seen_files = set(), {}
   for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+    seen_dirs.add(os.path.realpath(dirpath))
+    # A folder reached before (a symlink loop, or two links to one folder) is not walked again.
+    dirnames[:] = [d for d in sorted(dirnames) if not d.startswith('.') and
+                   os.path.realpath(os.path.join(dirpath, d)) not in seen_dirs]
     for name in sorted(filenames):
       if name.startswith('.'):
         continue
       rel = pathlib.PurePath(os.path.relpath(os.path.join(dirpath, name), folder))
       ext = rel.suffix.lower()
       if ext in ingest.IMAGE_EXTENSIONS:
+        real = os.path.realpath(os.path.join(dirpath, name))
+        if real in seen_files:
+          ignored.append({'file': str(rel), 'reason': f'the same file as {seen_files[real]} '
+                                                      '(a symbolic link); listed once'})
+          continue
+        seen_files[real] = str(rel)
         files.append(rel)
       elif ext not in ingest.DEPTH_EXTENSIONS:
         ignored.append({'file': str(rel), 'reason': f'not an image file (extension {ext!r})'})
@@ -131,11 +147,11 @@ def make_plans(options: Dict[str, Any], existing: Dict[str, Any]
   return plans, classes, ignored
 
 
-def _marker(out: pathlib.Path, split: str, shard: int) -> pathlib.Path:
+def _marker(out: epath.Path, split: str, shard: int) -> epath.Path:
   return out / records.STATE_DIR / f'{split}-{shard:05d}.json'
 
 
-def shard_tasks(out: pathlib.Path, plans: List[SplitPlan], process_index: int,
+def shard_tasks(out: epath.Path, plans: List[SplitPlan], process_index: int,
                 process_count: int) -> Tuple[List[Dict[str, Any]], int, int]:
   """The shards this process still has to write.
 
@@ -167,7 +183,7 @@ def shard_tasks(out: pathlib.Path, plans: List[SplitPlan], process_index: int,
   return tasks, total, done
 
 
-def read_markers(out: pathlib.Path, split: str, num_shards: int, plan_id: str
+def read_markers(out: epath.Path, split: str, num_shards: int, plan_id: str
                  ) -> Optional[List[Dict[str, Any]]]:
   """The shard records of a split, or None while any shard of plan `plan_id` is missing."""
   found = []
@@ -182,7 +198,7 @@ def read_markers(out: pathlib.Path, split: str, num_shards: int, plan_id: str
   return found
 
 
-def wait_for_shards(out: pathlib.Path, plans: List[SplitPlan], poll_s: float = 2.0,
+def wait_for_shards(out: epath.Path, plans: List[SplitPlan], poll_s: float = 2.0,
                     timeout_s: float = 7 * 24 * 3600) -> Dict[str, List[Dict[str, Any]]]:
   """The shard records of every plan, once all processes have written their shards."""
   deadline = time.time() + timeout_s

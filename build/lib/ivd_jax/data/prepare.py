@@ -15,11 +15,11 @@ process_count-th shard). Bad inputs are converted where that is sensible (graysc
 (configs/common.py:data_section); a missing one is a ConfigError.
 """
 import os
-import pathlib
 import time
 from typing import Any, Dict, List
 
 from absl import logging
+from etils import epath
 
 from ivd_jax import errors
 from ivd_jax.data import plan as plan_lib
@@ -27,6 +27,7 @@ from ivd_jax.data import records
 from ivd_jax.data import shards
 from ivd_jax.geometry import cameras
 from ivd_jax.io import ingest
+from ivd_jax.io import paths
 
 SOURCES = ('procedural', 'folder')
 FOLDER_DEPTHS = ('midas', 'depth_map', 'estimator')
@@ -78,6 +79,11 @@ def _folder_options(d, options: Dict[str, Any]) -> Dict[str, Any]:
   if not folder:
     raise errors.ConfigError('data.folder', 'no image folder given for source=folder',
                              '--config.data.folder=/path/to/images')
+  if paths.is_remote(folder):
+    raise errors.ConfigError('data.folder', f'{folder} is on a bucket; prepare reads images from '
+                             'local folders', 'mount the bucket (gcsfuse) or copy the images to '
+                             'a local disk and point --config.data.folder there (the dataset '
+                             'itself, data.dir, may be on the bucket)')
   if not os.path.isdir(folder):
     raise errors.ConfigError('data.folder', f'{folder} does not exist or is not a folder',
                              'point it at an existing folder of images')
@@ -91,7 +97,7 @@ def _folder_options(d, options: Dict[str, Any]) -> Dict[str, Any]:
     raise errors.ConfigError('data.depth', f'unknown depth source {depth!r}',
                              f'use one of {FOLDER_DEPTHS}')
   depth_folder = str(_field(d, 'depth_folder'))
-  if depth_folder and not os.path.isdir(depth_folder):
+  if depth_folder and (paths.is_remote(depth_folder) or not os.path.isdir(depth_folder)):
     raise errors.ConfigError('data.depth_folder', f'{depth_folder} does not exist',
                              "point it at the folder of depth files, or '' for beside the images")
   kind = _field(d, 'depth_map_kind')
@@ -150,7 +156,7 @@ def options_from_config(data_config) -> Dict[str, Any]:
   return _folder_options(d, options)
 
 
-def _write_dataset_metadata(out: pathlib.Path, options: Dict[str, Any], existing: Dict[str, Any],
+def _write_dataset_metadata(out: epath.Path, options: Dict[str, Any], existing: Dict[str, Any],
                             plans: List[plan_lib.SplitPlan], classes: List[str]) -> None:
   """metadata.json and dataset_info.json over this run's splits and complete earlier ones."""
   metadata = dict(existing)
@@ -179,19 +185,26 @@ def prepare(data_config, out_dir: str, *, process_index: int, process_count: int
 
   Args:
     data_config: config.data (configs/common.py:data_section).
-    out_dir: the dataset directory.
+    out_dir: the dataset directory, local or on a bucket (gs://...): shards are written to a
+      local temporary file and uploaded (io.paths), markers and metadata written in place.
     process_index, process_count: shard k is written by process k % process_count; every
       process waits until all shards exist.
     show_progress: a progress bar with ETA.
 
   Returns:
     The summary: num_written, num_skipped, skipped [{file, reason}], converted [{file, note}],
-    classes, num_classes, label_counts, splits (examples per split), data_dir, source, depth,
-    resolution, near, far, num_shards, resumed_examples, seconds, examples_per_second.
+    num_images, num_images_skipped (images found and skipped, non-image files left out),
+    max_skipped_fraction, classes, num_classes, label_counts, splits (examples per split),
+    data_dir, source, depth, resolution, near, far, num_shards, resumed_examples, seconds,
+    examples_per_second. check_summary says whether it is a usable dataset.
   """
   start = time.time()
   options = options_from_config(data_config)
-  out = pathlib.Path(out_dir)
+  max_skipped = float(_field(data_config, 'max_skipped_fraction'))
+  if not 0 <= max_skipped <= 1:
+    raise errors.ConfigError('data.max_skipped_fraction', f'{max_skipped}',
+                             'use a fraction in [0, 1] (1 = never fail on skipped images)')
+  out = epath.Path(out_dir)
   (out / records.STATE_DIR).mkdir(parents=True, exist_ok=True)
   existing = records.existing_metadata(out)
   if existing and (existing.get('resolution') != options['resolution'] or
@@ -217,15 +230,19 @@ def prepare(data_config, out_dir: str, *, process_index: int, process_count: int
   if process_index == 0:
     _write_dataset_metadata(out, options, existing, plans, classes)
   summary_records = [r for p in plans for r in split_records[p.split]]
-  skipped = [s for r in summary_records for s in r['skipped']] + ignored
+  image_skips = [s for r in summary_records for s in r['skipped']]
+  skipped = image_skips + ignored
   label_counts: Dict[str, int] = {}
   for r in summary_records:
     for k, v in r['label_counts'].items():
       label_counts[k] = label_counts.get(k, 0) + v
   seconds = time.time() - start
+  num_written = sum(r['num_examples'] for r in summary_records)
   return dict(
-      num_written=sum(r['num_examples'] for r in summary_records), num_skipped=len(skipped),
+      num_written=num_written, num_skipped=len(skipped),
       skipped=skipped, converted=[c for r in summary_records for c in r['converted']],
+      num_images=num_written + len(image_skips), num_images_skipped=len(image_skips),
+      max_skipped_fraction=max_skipped,
       classes=classes, num_classes=len(classes), label_counts=label_counts,
       splits={p.split: sum(r['num_examples'] for r in split_records[p.split]) for p in plans},
       data_dir=str(out), source=options['source'], depth=options['depth'],
@@ -233,3 +250,27 @@ def prepare(data_config, out_dir: str, *, process_index: int, process_count: int
       num_shards={p.split: p.num_shards for p in plans}, resumed_examples=done,
       seconds=round(seconds, 3),
       examples_per_second=round((total - done) / seconds, 2) if seconds > 0 else None)
+
+
+def check_summary(summary: Dict[str, Any], summary_path: str) -> None:
+  """Refuses a dataset that is empty or mostly skipped; the summary is written already.
+
+  Raises:
+    errors.UserError: no example written.
+    errors.ConfigError: more than data.max_skipped_fraction of the images found were skipped.
+  """
+  found, skips = summary['num_images'], summary['num_images_skipped']
+  first = next(iter(summary['skipped']), None)
+  example = f"; the first: {first['file']}: {first['reason']}" if first else ''
+  fix = ('give every image a readable depth of its own (data.depth, data.depth_folder) and fix '
+         f'the files whose reasons {summary_path} lists')
+  if not summary['num_written']:
+    raise errors.UserError(
+        f'prepare wrote 0 examples to {summary["data_dir"]}: {skips} of {found} images were '
+        f'skipped{example}. Fix: {fix}')
+  limit = summary['max_skipped_fraction']
+  if found and skips / found > limit:
+    raise errors.ConfigError(
+        'data.max_skipped_fraction', f'{skips} of {found} images were skipped '
+        f'({100 * skips / found:.0f}% > {100 * limit:g}%){example}',
+        f'{fix}, or raise --config.data.max_skipped_fraction to keep this dataset')

@@ -21,15 +21,15 @@ so readers pass decoders={'rgb': SkipDecoding(), 'depth': SkipDecoding()}.
 """
 import io
 import json
-import os
-import pathlib
 from typing import Any, Dict, List, Optional, Tuple
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
 from ivd_jax import errors
 from ivd_jax.io import ingest
+from ivd_jax.io import paths
 
 DATASET_NAME = 'ivd_rgbd'
 DATASET_VERSION = '1.0.0'
@@ -105,11 +105,11 @@ def shard_filename(split: str, shard: int, num_shards: int) -> str:
 
 
 def data_dir(config, workdir: str) -> str:
-  """config.data.dir, defaulting to WORKDIR/data."""
-  return str(config.data.get('dir') or os.path.join(workdir, 'data'))
+  """config.data.dir, defaulting to WORKDIR/data (either may be on a bucket, gs://...)."""
+  return str(config.data.get('dir') or paths.join(workdir, 'data'))
 
 
-def write_metadata(out: pathlib.Path, resolution: int, metadata: Dict[str, Any],
+def write_metadata(out: epath.Path, resolution: int, metadata: Dict[str, Any],
                    split_records: Dict[str, List[Dict[str, Any]]]) -> None:
   """dataset_info.json, features.json and metadata.json of the splits' shard records."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -130,7 +130,7 @@ def write_metadata(out: pathlib.Path, resolution: int, metadata: Dict[str, Any],
   (out / STATE_DIR / 'metadata.json').write_text(json.dumps(metadata, indent=1))
 
 
-def existing_metadata(out: pathlib.Path) -> Dict[str, Any]:
+def existing_metadata(out: epath.Path) -> Dict[str, Any]:
   """The metadata of an earlier prepare into `out` (also of one still in progress), or {}."""
   path = out / STATE_DIR / 'metadata.json'
   return json.loads(path.read_text()) if path.exists() else {}
@@ -138,7 +138,7 @@ def existing_metadata(out: pathlib.Path) -> Dict[str, Any]:
 
 def load_metadata(path: str) -> Dict[str, Any]:
   """metadata.json of a prepared dataset: resolution, near, far, source, depth, classes, ..."""
-  meta = pathlib.Path(path) / 'metadata.json'
+  meta = epath.Path(path) / 'metadata.json'  # a local folder or gs://
   if not meta.exists():
     raise errors.ConfigError(
         'data.dir', f'no prepared dataset at {path} (metadata.json missing)',
@@ -147,17 +147,35 @@ def load_metadata(path: str) -> Dict[str, Any]:
   return json.loads(meta.read_text())
 
 
-def open_split(path: str, split: str, *, this_process_only: bool, novel_views: bool = False):
+def local_dataset(path: str, cache_dir: str = '') -> str:
+  """A local folder holding the dataset at `path`: `path` itself, or for a dataset on a bucket its
+  copy in `cache_dir` (config.data.cache_dir; io.paths.stage refreshes only changed files).
+  ArrayRecord reads local files only."""
+  if not paths.is_remote(path):
+    return path
+  try:
+    return paths.stage(path, cache_dir)
+  except OSError as e:
+    raise errors.ConfigError(
+        'data.cache_dir', f'cannot copy the dataset {path} to '
+        f'{paths.staging_dir(path, cache_dir)}: {type(e).__name__}: {e}',
+        'point --config.data.cache_dir at a local disk with room for the dataset, or mount the '
+        'bucket (gcsfuse) and set --config.data.dir to the mounted folder') from e
+
+
+def open_split(path: str, split: str, *, this_process_only: bool, novel_views: bool = False,
+               cache_dir: str = ''):
   """A random-access source of a split's examples, PNGs left encoded (decode_png).
 
   Args:
-    path: the dataset directory.
+    path: the dataset directory (local, or on a bucket: copied to `cache_dir` first).
     split: its split name.
     this_process_only: read only this process's part (`tfds.split_for_jax_process`).
     novel_views: decode novel_rgb / novel_depth (False: left as bytes, for training input).
+    cache_dir: where a dataset on a bucket is copied (config.data.cache_dir; '' = default).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder_from_directory(path)
+  builder = tfds.builder_from_directory(local_dataset(path, cache_dir))
   if split not in builder.info.splits:
     raise errors.ConfigError('data.dir', f'{path} has no split {split!r} (it has '
                              f'{sorted(builder.info.splits)})',
@@ -171,7 +189,8 @@ def open_split(path: str, split: str, *, this_process_only: bool, novel_views: b
   return builder.as_data_source(split=split, decoders=decoders)
 
 
-def read_test_views(data_dir: str, num_scenes: int) -> Dict[str, np.ndarray]:
+def read_test_views(data_dir: str, num_scenes: int, cache_dir: str = ''
+                    ) -> Dict[str, np.ndarray]:
   """The true views of the first `num_scenes` scenes of the procedural test split.
 
   View 0 is the stored image (the source view), views 1.. its novel views, all exact renders of
@@ -180,12 +199,14 @@ def read_test_views(data_dir: str, num_scenes: int) -> Dict[str, np.ndarray]:
   Args:
     data_dir: a dataset prepared from source='procedural' with num_eval_examples > 0.
     num_scenes: how many scenes, in split order.
+    cache_dir: where a dataset on a bucket is copied (config.data.cache_dir).
 
   Returns:
     rgbd: float32 [N, V, R, R, 4] in [0, 1] (colour and the z-buffer of the dataset's near/far,
       docs/method.md §3); views: float32 [N, V, 4, 4] world -> camera; scene_seed: int64 [N].
   """
-  source = open_split(data_dir, SPLIT_TEST, this_process_only=False, novel_views=True)
+  source = open_split(data_dir, SPLIT_TEST, this_process_only=False, novel_views=True,
+                      cache_dir=cache_dir)
   if not 0 < num_scenes <= len(source):
     raise errors.UserError(
         f'{num_scenes} test scenes asked of {data_dir}, whose {SPLIT_TEST!r} split holds '

@@ -1,15 +1,14 @@
 """Writing shards: one worker writes one shard; local worker processes share the shards.
 
-A shard is written to `<name>.tmp`, renamed when complete and then recorded by its marker
-(data.plan). Inputs that cannot be used are skipped with the reason, one unexpected error on an
-odd file included: it must not stop a week-long job. Tasks run in this process or in a pool of
+A shard is written to a local temporary file (ArrayRecord writes local files only), renamed or,
+for a dataset on a bucket, uploaded when complete, and then recorded by its marker (data.plan).
+Inputs that cannot be used are skipped with the reason, one unexpected error on an odd file
+included: it must not stop a week-long job. Tasks run in this process or in a pool of
 spawned processes, with one progress bar and ETA over all of them.
 """
 import concurrent.futures
 import json
 import multiprocessing
-import os
-import pathlib
 import time
 from typing import Any, Dict, List
 
@@ -21,6 +20,7 @@ from ivd_jax.data import examples
 from ivd_jax.data import records
 from ivd_jax.geometry import cameras
 from ivd_jax.io import ingest
+from ivd_jax.io import paths
 
 _PROGRESS = None  # multiprocessing.Value shared with worker processes
 
@@ -45,9 +45,11 @@ def write_shard(task: Dict[str, Any], estimator=None) -> Dict[str, Any]:
   """Writes one shard (a data.plan.shard_tasks task) and its marker; returns its record."""
   options = task['options']
   feats = records.features(options['resolution'])
-  final = pathlib.Path(task['path'])
-  tmp = final.with_name(final.name + '.tmp')
-  writer = array_record_module.ArrayRecordWriter(str(tmp), 'group_size:1')
+  final = task['path']  # local or gs://
+  # Locally <shard>.tmp beside it (a rerun overwrites an interrupted one); for a bucket a local
+  # temporary file that commit() uploads.
+  tmp = paths.temp_target(final) if paths.is_remote(final) else final + '.tmp'
+  writer = array_record_module.ArrayRecordWriter(tmp, 'group_size:1')
   written, skipped, converted, label_counts = 0, [], [], {}
   num_bytes = 0
   start = time.time()
@@ -100,12 +102,12 @@ def write_shard(task: Dict[str, Any], estimator=None) -> Dict[str, Any]:
         _tick(len(items[lo:lo + batch_size]))
   finally:
     writer.close()
-  os.replace(tmp, final)
+  paths.commit(tmp, final)
   record = {'plan_id': task['plan_id'], 'split': task['split'], 'shard': task['shard'],
-            'file': final.name, 'num_examples': written, 'num_bytes': num_bytes,
+            'file': paths.basename(final), 'num_examples': written, 'num_bytes': num_bytes,
             'skipped': skipped, 'converted': converted, 'label_counts': label_counts,
             'seconds': time.time() - start}
-  pathlib.Path(task['marker']).write_text(json.dumps(record))
+  paths.write_text(task['marker'], json.dumps(record))
   return record
 
 

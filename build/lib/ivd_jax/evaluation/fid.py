@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import jax
 import ml_collections
@@ -111,6 +111,61 @@ class FeatureExtractor:
       return {k: np.concatenate([b[:n] for b in np.split(v, jax.process_count())])
               for k, v in out.items()}
     return {k: v[:n] for k, v in out.items()}
+
+  def replicated(self, images: np.ndarray,
+                 value_range: tuple[float, float] = (-1.0, 1.0)) -> Features:
+    """Features of [N, H, W, 3] images that every process holds alike, in their order.
+
+    Each process puts only its own devices' rows of a batch on the mesh (calling the extractor
+    itself, meant for per-process images, would score every image once per process).
+    """
+    if jax.process_count() == 1:
+      return self(images, value_range)
+    images = np.asarray(images)
+    outs = []
+    for i in range(0, images.shape[0], self.batch_size):
+      chunk = images_to_uint8(images[i:i + self.batch_size], value_range)
+      n = chunk.shape[0]
+      chunk = np.concatenate([chunk, np.zeros((self.batch_size - n,) + chunk.shape[1:],
+                                              np.uint8)])
+      x = jax.make_array_from_callback(chunk.shape, self._batch_sharding,
+                                       lambda index, c=chunk: c[index])
+      outs.append({k: np.asarray(v)[:n] for k, v in self._apply(self._params, x).items()})
+    if not outs:
+      raise errors.UserError('no images to evaluate. Fix: check the image source.')
+    return Features(np.concatenate([o['pool'] for o in outs]),
+                    np.concatenate([o['logits'] for o in outs]) if self.with_logits else None)
+
+  def in_order(self, images: Iterable[np.ndarray], counts: Sequence[int],
+               image_shape: Sequence[int], value_range: tuple[float, float] = (-1.0, 1.0)
+               ) -> Features:
+    """Features of a sequence split over the processes in consecutive parts, in its order.
+
+    Process p passes its part (counts[p] images, batches of any size); every process passes the
+    same `counts`. Shorter parts are padded with blank [H, W, 3] `image_shape` images.
+    """
+    procs = jax.process_count()
+    if procs == 1:
+      return self(images, value_range)
+    local = self._local_batch
+    rows = -(-max(counts) // local) * local  # per process, whole batches
+
+    def padded():
+      for b in images:
+        yield images_to_uint8(b, value_range)
+      blank = rows - counts[jax.process_index()]
+      if blank:
+        yield np.zeros((blank,) + tuple(image_shape), np.uint8)
+
+    feats = self(padded())
+
+    def regroup(x):  # each batch is [process 0's rows, process 1's rows, ...]
+      x = x.reshape((rows // local, procs, local) + x.shape[1:]).swapaxes(0, 1)
+      x = x.reshape((procs, rows) + x.shape[3:])
+      return np.concatenate([x[p, :c] for p, c in enumerate(counts)])
+
+    return Features(regroup(feats.pool),
+                    None if feats.logits is None else regroup(feats.logits))
 
   def batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """Features of at most `batch_size` (per process: batch_size / processes) uint8 images."""

@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Callable
 
 import jax
 import numpy as np
 
 from ivd_jax.evaluation import fid
+from ivd_jax.io import npz
+from ivd_jax.io import paths
 
 
 @dataclasses.dataclass
@@ -39,16 +40,14 @@ class ReferenceStats:
     return cls(mu, sigma, np.asarray(sample, np.float32), int(features.shape[0]), dict(meta))
 
   def save(self, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, mu=self.mu, sigma=self.sigma, features=self.features,
-             num_images=np.int64(self.num_images),
-             meta=np.array(json.dumps(self.meta, sort_keys=True)))
-    os.replace(tmp, path)
+    """Writes the cache file (local, written whole through a rename, or gs://)."""
+    npz.save_npz(path, mu=self.mu, sigma=self.sigma, features=self.features,
+                 num_images=np.int64(self.num_images),
+                 meta=np.array(json.dumps(self.meta, sort_keys=True)))
 
   @classmethod
   def load(cls, path: str) -> ReferenceStats:
-    with np.load(path, allow_pickle=False) as f:
+    with npz.load_npz(path) as f:
       return cls(f['mu'], f['sigma'], f['features'], int(f['num_images']),
                  json.loads(str(f['meta'])))
 
@@ -63,16 +62,16 @@ class ReferenceStats:
 
 def weights_identity(path: str) -> dict:
   """The part of the cache key naming the Inception weights file (name, size, its source)."""
-  with np.load(path, allow_pickle=False) as f:
+  with npz.load_npz(path) as f:
     source = str(f['source']) if 'source' in f.files else ''
-  return {'file': os.path.basename(path), 'bytes': os.path.getsize(path),
-          'source': os.path.basename(source)}
+  return {'file': paths.basename(path), 'bytes': paths.size(path),
+          'source': paths.basename(source)}
 
 
 def cache_path(directory: str, meta: dict) -> str:
   """DIRECTORY/reference_<key>.npz, the key a short hash of `meta`."""
   key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
-  return os.path.join(directory, f'reference_{key}.npz')
+  return paths.join(directory, f'reference_{key}.npz')
 
 
 def cached_reference(path: str, meta: dict,
@@ -82,7 +81,7 @@ def cached_reference(path: str, meta: dict,
   Returns (stats, loaded_from_cache). Only process 0 writes the file.
   """
   want = json.loads(json.dumps(meta, sort_keys=True))
-  if os.path.isfile(path):
+  if paths.is_file(path):  # local or gs://
     stats = ReferenceStats.load(path)
     if stats.meta == want:
       return stats, True

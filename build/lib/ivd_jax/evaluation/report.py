@@ -1,8 +1,8 @@
 """The eval mode's result: FID / IS / KID from features, the JSON file and the report picture."""
 from __future__ import annotations
 
+import io
 import json
-import os
 from typing import Optional
 
 import numpy as np
@@ -14,6 +14,7 @@ from ivd_jax.evaluation import images as images_lib
 from ivd_jax.evaluation import reference
 from ivd_jax.io import images
 from ivd_jax.io import jsonio
+from ivd_jax.io import paths
 
 # docs/method.md §10: the paper's ImageNet 128 figures, drawn beside ours in the report.
 PAPER_FID = {'paper (ImageNet 128)': 9.45, 'EG3D': 40.4, 'EpiGRAF': 67.3, 'pi-GAN': 138.0}
@@ -45,10 +46,8 @@ def scores(ref: reference.ReferenceStats, feats: fid.Features, *, is_splits: int
 
 
 def write_json(path: str, report: dict) -> str:
-  """Writes the report (numpy values as numbers, NaN and inf as null) to `path`."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(jsonio.jsonable(report), f, indent=1, sort_keys=True)
+  """Writes the report (numpy values as numbers, NaN and inf as null) to `path` (local or gs://)."""
+  paths.write_text(path, json.dumps(jsonio.jsonable(report), indent=1, sort_keys=True))
   return path
 
 
@@ -142,6 +141,7 @@ def write_report_png(path: str, report: dict, gen: images_lib.Generated,
     draw.rectangle([x0, y + 2, x0 + length, y + 14],
                    fill=(200, 60, 40) if i == 0 else (120, 120, 120))
   canvas.paste(Image.fromarray(sheet), (0, text_h + bar_h + 8))
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  canvas.save(path)
+  buffer = io.BytesIO()
+  canvas.save(buffer, format='PNG')
+  paths.write_bytes(path, buffer.getvalue())  # local or gs://
   return path

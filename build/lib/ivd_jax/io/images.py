@@ -3,11 +3,12 @@
 Everything works on numpy arrays in the warp encoding (RGB and the z-buffer depth channel both in
 [0, 1], docs/method.md "Depth"). Nothing here compiles.
 """
-import os
 from typing import Optional
 
 import imageio.v3 as iio
 import numpy as np
+
+from ivd_jax.io import paths
 
 # Coefficients of the polynomial fit to the Turbo colour map (Mikhailov 2019, Apache 2.0), so the
 # depth pictures need no matplotlib: channel = sum_k c_k x^k for x in [0, 1].
@@ -63,10 +64,9 @@ def image_grid(images: np.ndarray, cols: int, pad: int = 2, pad_value: int = 255
 
 
 def save_png(path: str, image: np.ndarray) -> str:
-  """Writes a uint8 [H, W, 3] (or [H, W]) image; floats are taken as [0, 1]."""
+  """Writes a uint8 [H, W, 3] (or [H, W]) image; floats are taken as [0, 1]. Local or gs://."""
   image = np.asarray(image)
   if image.dtype != np.uint8:
     image = to_uint8(image)
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  iio.imwrite(path, image, extension='.png')
+  paths.write_bytes(path, iio.imwrite('<bytes>', image, extension='.png'))
   return path

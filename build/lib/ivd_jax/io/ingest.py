@@ -13,6 +13,7 @@ z-buffer encoding in [0, 1]).
 """
 import importlib
 import pathlib
+import zipfile
 from typing import Any, Callable, List, Mapping, Sequence, Tuple
 
 import numpy as np
@@ -30,14 +31,24 @@ DEPTH_MAP_EXTENSIONS = ('.png', '.npy', '.npz')
 DEPTH_KINDS = ('midas', 'metric', 'inverse', 'zbuf')
 # 16-bit depth PNGs hold round(DEPTH_PNG_MAX * zbuf).
 DEPTH_PNG_MAX = 65535
+# Images with a shorter side are skipped: a few pixels blown up to the resolution are no photo.
+MIN_IMAGE_SIZE = 8
+# What makes a raw depth value invalid, per kind (MiDaS disparity <= 0 is a point at infinity,
+# which the reference puts on the far plane).
+_INVALID = {'midas': 'NaN or inf', 'zbuf': 'NaN or inf', 'metric': 'NaN, inf or <= 0',
+            'inverse': 'NaN, inf or <= 0'}
 
 
 class Skip(Exception):
   """An input that cannot be used; the message is the reason recorded in the summary."""
 
 
-def load_rgb(path: pathlib.Path) -> Tuple[Image.Image, List[str]]:
-  """Opens an image as 8-bit RGB, converting other modes; returns (image, conversion notes)."""
+def load_rgb(path: pathlib.Path, min_size: int = MIN_IMAGE_SIZE
+             ) -> Tuple[Image.Image, List[str]]:
+  """Opens an image as 8-bit RGB, converting other modes; returns (image, conversion notes).
+
+  An image whose short side is under `min_size` pixels is a Skip.
+  """
   notes = []
   try:
     with Image.open(path) as opened:
@@ -56,6 +67,9 @@ def load_rgb(path: pathlib.Path) -> Tuple[Image.Image, List[str]]:
   mode = image.mode
   if image.width < 1 or image.height < 1:
     raise Skip(f'empty image ({image.width}x{image.height})')
+  if min(image.width, image.height) < min_size:
+    raise Skip(f'image is only {image.width}x{image.height} px; its short side must be at least '
+               f'{min_size} px')
   if mode == 'RGB':
     return image, notes
   if mode in ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I'):
@@ -104,16 +118,31 @@ def resize_crop_depth(depth: np.ndarray, resolution: int) -> np.ndarray:
   return resized[top:top + resolution, left:left + resolution]
 
 
+def load_problem(e: Exception) -> str:
+  """Why np.load failed, without numpy's advice to load untrusted files with pickle."""
+  if isinstance(e, ValueError) and 'pickle' in str(e):
+    return ('not a NumPy array of numbers (it holds pickled Python objects, or is no NumPy file '
+            'at all); pickled files are never loaded')
+  if isinstance(e, EOFError):
+    return 'the file is empty or cut off'
+  if isinstance(e, zipfile.BadZipFile):
+    return f'not an .npz (zip) archive ({e})'
+  return f'{type(e).__name__}: {e}'
+
+
 def read_array(path: pathlib.Path) -> np.ndarray:
-  """A depth file as float32 [H, W]: .npz (array arr_0), .npy or an image (raw pixel values)."""
+  """A depth file as float32 [H, W]: .npz (array arr_0), .npy or an image (raw pixel values).
+
+  NumPy files are read with allow_pickle=False: a file of pickled objects is a Skip.
+  """
   try:
     if path.suffix == '.npz':
-      with np.load(path) as npz:
+      with np.load(path, allow_pickle=False) as npz:
         if 'arr_0' not in npz.files:
           raise Skip(f'depth file {path.name} has no array arr_0 (has {npz.files})')
         array = npz['arr_0']
     elif path.suffix == '.npy':
-      array = np.load(path)
+      array = np.load(path, allow_pickle=False)
     else:
       with Image.open(path) as image:
         image.load()
@@ -122,8 +151,12 @@ def read_array(path: pathlib.Path) -> np.ndarray:
     raise
   except Exception as e:  # pylint: disable=broad-except
     # np.load raises ValueError/OSError/EOFError/zipfile errors on damaged files.
-    raise Skip(f'unreadable depth file {path.name}: {type(e).__name__}: {e}') from e
-  array = np.squeeze(np.asarray(array))
+    raise Skip(f'unreadable depth file {path.name}: {load_problem(e)}') from e
+  array = np.asarray(array)
+  while array.ndim > 2 and array.shape[0] == 1:  # [1, H, W]
+    array = array[0]
+  while array.ndim > 2 and array.shape[-1] == 1:  # [H, W, 1]
+    array = array[..., 0]
   if array.ndim != 2:
     raise Skip(f'depth file {path.name} has shape {np.shape(array)}; expected [H, W]')
   if not np.issubdtype(array.dtype, np.number):
@@ -145,18 +178,43 @@ def match_image_size(depth: np.ndarray, width: int, height: int, name: str,
 
 
 def repair_depth(depth: np.ndarray, valid: np.ndarray, max_invalid: float, name: str,
-                 notes: List[str]) -> np.ndarray:
+                 notes: List[str], invalid: str = 'NaN/inf/<=0',
+                 field: str = 'data.max_invalid_depth') -> np.ndarray:
   """Fills a few invalid depth values from the nearest valid pixel; too many: Skip."""
   num_invalid = int(valid.size - np.count_nonzero(valid))
   if not num_invalid:
     return depth
   fraction = num_invalid / valid.size
   if fraction > max_invalid:
-    raise Skip(f'depth {name} has {100 * fraction:.1f}% invalid values (NaN/inf/<=0); at most '
-               f'{100 * max_invalid:.1f}% are filled (config.data.max_invalid_depth)')
+    raise Skip(f'depth {name} has {100 * fraction:.1f}% invalid values ({invalid}); at most '
+               f'{100 * max_invalid:.1f}% are filled (config.{field})')
   _, (rows, cols) = ndimage.distance_transform_edt(~valid, return_indices=True)
   notes.append(f'{num_invalid} invalid depth values filled from nearest valid pixels')
   return depth[rows, cols]
+
+
+def checked_depth(raw: np.ndarray, kind: str, max_invalid: float, name: str,
+                  notes: List[str], field: str = 'data.max_invalid_depth') -> np.ndarray:
+  """Raw depth of one image, a few invalid values filled; Skip with the reason when unusable.
+
+  The one validity rule of prepare and the photo start. Invalid values: NaN and inf, and for
+  planar depth and disparity ('metric', 'inverse') values <= 0; MiDaS disparity <= 0 is a point
+  at infinity (the far plane, as in the reference). Refused: no valid value, MiDaS disparity
+  that is nowhere positive, one value everywhere (no depth to give), or more than `max_invalid`
+  of the pixels invalid (config `field`).
+  """
+  valid = valid_depth(raw, kind)
+  invalid = _INVALID.get(kind, 'NaN or inf')
+  if not valid.any():
+    raise Skip(f'depth {name} has no valid value (every one is {invalid})')
+  values = raw[valid]
+  lo, hi = float(values.min()), float(values.max())
+  if kind == 'midas' and hi <= 0:
+    raise Skip(f'MiDaS disparity {name} is zero or negative everywhere (max {hi:g}): every '
+               'point at infinity, no depth')
+  if hi - lo <= 1e-6 * max(abs(lo), abs(hi)):
+    raise Skip(f'depth {name} is constant ({lo:g} at every valid pixel): it holds no depth')
+  return repair_depth(raw, valid, max_invalid, name, notes, invalid, field)
 
 
 def find_depth_file(image_rel: pathlib.PurePath, root: pathlib.Path,

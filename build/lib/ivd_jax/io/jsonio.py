@@ -1,9 +1,10 @@
 """JSON files with numpy values: manifests, summaries, results."""
 import json
-import os
 from typing import Any, Mapping
 
 import numpy as np
+
+from ivd_jax.io import paths
 
 
 def jsonable(x: Any) -> Any:
@@ -23,8 +24,6 @@ def jsonable(x: Any) -> Any:
 
 
 def write_manifest(path: str, manifest: Mapping[str, Any]) -> str:
-  """Writes manifest.json (numpy values become lists/numbers, NaN becomes null)."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(jsonable(manifest), f, indent=1, allow_nan=False)
+  """Writes manifest.json (numpy values become lists/numbers, NaN becomes null). Local or gs://."""
+  paths.write_text(path, json.dumps(jsonable(manifest), indent=1, allow_nan=False))
   return path

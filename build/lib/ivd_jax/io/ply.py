@@ -1,8 +1,11 @@
 """Coloured point clouds as binary PLY."""
-import os
+import io
 
 import numpy as np
 import plyfile
+
+from ivd_jax.io import paths
+
 
 def save_ply(path: str, points: np.ndarray, colours: np.ndarray) -> str:
   """Writes a binary little-endian PLY with float x, y, z and uchar red, green, blue."""
@@ -16,6 +19,7 @@ def save_ply(path: str, points: np.ndarray, colours: np.ndarray) -> str:
     vertex[name] = points[:, i]
   for i, name in enumerate(('red', 'green', 'blue')):
     vertex[name] = colours[:, i]
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  plyfile.PlyData([plyfile.PlyElement.describe(vertex, 'vertex')]).write(path)
+  buffer = io.BytesIO()
+  plyfile.PlyData([plyfile.PlyElement.describe(vertex, 'vertex')]).write(buffer)
+  paths.write_bytes(path, buffer.getvalue())  # local or gs://
   return path

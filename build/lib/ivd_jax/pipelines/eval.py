@@ -35,6 +35,7 @@ from typing import Any, Iterator, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from ivd_jax import errors
@@ -49,6 +50,7 @@ from ivd_jax.evaluation import reference
 from ivd_jax.evaluation import report as report_lib
 from ivd_jax.evaluation import truth as truth_lib
 from ivd_jax.geometry import depth as depth_lib
+from ivd_jax.io import paths
 from ivd_jax.models import inception
 from ivd_jax.pipelines import sample as sample_pipeline
 from ivd_jax.sampling import generate
@@ -75,9 +77,11 @@ def _validate(config: Any, has_logits: bool) -> None:
   if e.kid_subsets < 1 or e.kid_subset_size < 2:
     raise errors.ConfigError('eval.kid_subset_size', 'KID needs >= 1 subset of >= 2 images',
                              'use the standard 100 subsets of 1000')
+  if e.name:
+    errors.check_name('eval.name', e.name)  # DIR/eval/<name>.json: one path component
   for field in ('generated', 'reference'):
     path = e.get(field)
-    if path and not os.path.exists(path):
+    if path and not paths.exists(path):  # local or gs://
       raise errors.ConfigError(f'eval.{field}', f'{path} does not exist',
                                'give a folder of images or an .npz file')
   if not e.generated and not (config.sample.uncond and config.sample.cond):
@@ -130,8 +134,14 @@ def _largest_divisor(n: int, at_most: int) -> int:
   return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
-def _pipeline_images(config: Any, workdir: str, limit: int) -> tuple[int, Iterator[np.ndarray]]:
-  """(image count over all processes, iterator of uint8 RGB batches) of the real set in order."""
+def _pipeline_images(config: Any, workdir: str, limit: int
+                     ) -> tuple[list[int], tuple[int, int, int], Iterator[np.ndarray]]:
+  """The real set in file order, the first `limit` images (0: all), split over the processes.
+
+  Returns:
+    (images of every process: process p holds the p-th consecutive part, [H, W, 3], iterator of
+    this process's uint8 RGB batches).
+  """
   e = config.eval
   data_config = config.data
   if not data_config.get('dir'):
@@ -142,14 +152,23 @@ def _pipeline_images(config: Any, workdir: str, limit: int) -> tuple[int, Iterat
   probe = pipeline.create_input_iterator(data_config, global_batch_size=procs, mesh=None,
                                          seed=0, split=e.reference_split, shuffle=False,
                                          num_epochs=1)
-  n = probe.num_examples if not limit else min(max(1, limit // procs), probe.num_examples)
-  # A batch size dividing the count, so that the pipeline's drop_remainder keeps every image.
-  local = _largest_divisor(n, max(1, e.batch_size // procs))
-  it = pipeline.create_input_iterator(data_config, global_batch_size=local * procs, mesh=None,
-                                      seed=0, split=e.reference_split, shuffle=False,
-                                      num_epochs=1)
+  counts = [probe.num_examples]
+  if procs > 1:  # tfds.split_for_jax_process: consecutive parts, in process order
+    counts = [int(c) for c in multihost_utils.process_allgather(np.int32(probe.num_examples))]
+  if limit:
+    starts = np.cumsum([0] + counts[:-1])
+    counts = [int(np.clip(limit - s, 0, c)) for s, c in zip(starts, counts)]
+  n = counts[jax.process_index()]
+  resolution = int(probe.metadata['resolution'])
 
   def batches():
+    if not n:
+      return
+    # A batch size dividing the count, so that the pipeline's drop_remainder keeps every image.
+    local = _largest_divisor(n, max(1, e.batch_size // procs))
+    it = pipeline.create_input_iterator(data_config, global_batch_size=local * procs, mesh=None,
+                                        seed=0, split=e.reference_split, shuffle=False,
+                                        num_epochs=1)
     seen = 0
     for batch in it:
       rgb = np.asarray(batch['rgbd'])[..., :3]
@@ -158,39 +177,39 @@ def _pipeline_images(config: Any, workdir: str, limit: int) -> tuple[int, Iterat
       if seen >= n:
         return
 
-  return n * procs, batches()
+  return counts, (resolution, resolution, 3), batches()
 
 
 def _reference(config: Any, workdir: str, extractor: fid.FeatureExtractor,
                weights_path: str) -> tuple[reference.ReferenceStats, bool]:
   """The real set's statistics, from the cache when its key matches (see module docstring)."""
   e = config.eval
-  weights = reference.weights_identity(weights_path)
+  weights = reference.weights_identity(paths.stage(weights_path))
   if e.reference:
-    meta = {'reference': os.path.abspath(e.reference), 'limit': int(e.num_reference),
+    meta = {'reference': paths.abspath(e.reference), 'limit': int(e.num_reference),
             'weights': weights}
 
-    def real_images():
-      return images_lib.read_images(e.reference, field='reference', views='all',
-                                    limit=e.num_reference).images
+    def real_features():  # every process reads them all
+      return extractor.replicated(images_lib.read_images(e.reference, field='reference',
+                                                         views='all', limit=e.num_reference).images)
   else:
     data_dir = records.data_dir(config, workdir)
     metadata = records.load_metadata(data_dir)
-    meta = {'data_dir': os.path.abspath(data_dir), 'split': e.reference_split,
+    meta = {'data_dir': paths.abspath(data_dir), 'split': e.reference_split,
             'limit': int(e.num_reference), 'weights': weights,
             'dataset': {k: metadata.get(k) for k in ('source', 'resolution', 'near', 'far',
                                                      'seed', 'splits', 'classes')}}
 
-    def real_images():
-      n, batches = _pipeline_images(config, workdir, e.num_reference)
-      logging.info('eval: reference statistics of %d real images', n)
-      return batches
+    def real_features():  # each process reads its part
+      counts, shape, batches = _pipeline_images(config, workdir, e.num_reference)
+      logging.info('eval: reference statistics of %d real images', sum(counts))
+      return extractor.in_order(batches, counts, shape)
 
   def compute():
-    return reference.ReferenceStats.from_features(extractor(real_images()).pool, {},
+    return reference.ReferenceStats.from_features(real_features().pool, {},
                                                   kid_max=e.kid_max_reference, seed=e.seed)
 
-  path = e.reference_cache or reference.cache_path(os.path.join(workdir, 'eval'), meta)
+  path = e.reference_cache or reference.cache_path(paths.join(workdir, 'eval'), meta)
   return reference.cached_reference(path, meta, compute)
 
 
@@ -201,7 +220,7 @@ def _reference(config: Any, workdir: str, extractor: fid.FeatureExtractor,
 
 def _is_procedural(config: Any, workdir: str) -> bool:
   path = records.data_dir(config, workdir)
-  if not os.path.isfile(os.path.join(path, 'metadata.json')):
+  if not paths.is_file(paths.join(path, 'metadata.json')):
     return False
   return records.load_metadata(path).get('source') == 'procedural'
 
@@ -220,7 +239,8 @@ def _read_truth(config: Any, workdir: str) -> truth_lib.TrueViews:
         'eval.truth_scenes', f'{e.truth_scenes} test scenes asked of {data_dir}, which has no '
         f'{records.SPLIT_TEST!r} split', 'prepare the procedural data with '
         '--config.data.num_eval_examples=N, or set --config.eval.truth_scenes=0')
-  test = records.read_test_views(data_dir, e.truth_scenes)
+  test = records.read_test_views(data_dir, e.truth_scenes,
+                                 cache_dir=str(config.data.get('cache_dir') or ''))
   rgbd, views = test['rgbd'], test['views']
   depth = np.asarray(depth_lib.depth_from_zbuf(rgbd[:, 1:, ..., 3], float(metadata['near']),
                                                float(metadata['far'])))
@@ -260,10 +280,18 @@ def _truth(config: Any, workdir: str, truth: truth_lib.TrueViews,
 # ------------------------------------------------------------------------------------------------
 
 
+def _real_size(config: Any, workdir: str) -> Optional[tuple[int, int]]:
+  """(height, width) of the real images: eval.reference's, or the prepared data's resolution."""
+  if config.eval.reference:
+    return images_lib.image_size(config.eval.reference, 'reference')
+  resolution = records.load_metadata(records.data_dir(config, workdir)).get('resolution')
+  return (int(resolution), int(resolution)) if resolution else None
+
+
 def _default_name(config: Any) -> str:
   e = config.eval
   if e.generated:
-    return os.path.splitext(os.path.basename(os.path.normpath(e.generated)))[0]
+    return os.path.splitext(paths.basename(e.generated))[0]
   s = config.sample
   return f'{s.viewset}_w{s.guidance:g}_n{e.num_images}_seed{s.seed}'
 
@@ -273,7 +301,7 @@ def evaluate(config: Any, workdir: str) -> dict:
   e = config.eval
   t_start = time.perf_counter()
   weights_path = e.inception_weights or inception.default_weights_path()
-  params, has_logits = inception.load_params(weights_path)
+  params, has_logits = inception.load_params(paths.stage(weights_path))  # gs://: a local copy
   _validate(config, has_logits)
   truth: Optional[truth_lib.TrueViews] = None
   if (e.truth_scenes > 0 and (not e.generated or config.sample.cond) and
@@ -283,9 +311,14 @@ def evaluate(config: Any, workdir: str) -> dict:
                                    mesh=parallel.make_mesh(config.mesh), precision=e.precision)
   sampler: Optional[sampler_lib.ViewSampler] = None
   info = {}
+  real_size = _real_size(config, workdir)
+  size_field = 'eval.generated' if e.generated else 'sample.cond'
   if not e.generated or truth is not None:
     sampler, info = sample_pipeline.build_sampler(config.sample, config.mesh,
                                                   need_uncond=not e.generated)
+    if not e.generated:  # refused before anything is generated
+      images_lib.check_size((sampler.resolution,) * 2, real_size, resize=e.resize_generated,
+                            field=size_field)
 
   # Generated images.
   if e.generated:
@@ -293,6 +326,9 @@ def evaluate(config: Any, workdir: str) -> dict:
                                  limit=e.num_images)
   else:
     gen = _generate(config, sampler, info)
+  images_lib.check_size(gen.images.shape[1:3], real_size, resize=e.resize_generated,
+                        field=size_field)
+  gen.images = images_lib.resize_images(gen.images, real_size)
   if len(gen.images) < e.num_images:
     logging.warning('eval: only %d generated images (eval.num_images=%d)', len(gen.images),
                     e.num_images)
@@ -300,7 +336,7 @@ def evaluate(config: Any, workdir: str) -> dict:
   # Reference statistics, then the generated features and the scores.
   ref, cached = _reference(config, workdir, extractor, weights_path)
   t0 = time.perf_counter()
-  feats = extractor(gen.images)
+  feats = extractor.replicated(gen.images)  # the same images on every process
   extract_s = time.perf_counter() - t0
   report = {
       'name': e.name or _default_name(config),
@@ -310,7 +346,7 @@ def evaluate(config: Any, workdir: str) -> dict:
       'images': gen.source, 'views': e.views,
       'image_size': list(gen.images.shape[1:3]),
       'settings': {
-          'inception_weights': os.path.abspath(weights_path),
+          'inception_weights': paths.abspath(weights_path),
           'inception_precision': e.precision, 'is_splits': int(e.is_splits),
           'kid_subsets': int(e.kid_subsets),
           'kid_subset_size': int(min(e.kid_subset_size, len(gen.images),
@@ -338,12 +374,12 @@ def evaluate(config: Any, workdir: str) -> dict:
   report['timings'] = {'generate_s': gen.seconds, 'extract_s': extract_s,
                        'images_per_s': len(gen.images) / max(extract_s, 1e-9),
                        'total_s': time.perf_counter() - t_start}
-  out_dir = os.path.join(workdir, 'eval')
-  report['json'] = os.path.join(out_dir, f"{report['name']}.json")
+  out_dir = paths.join(workdir, 'eval')  # local or gs://
+  report['json'] = paths.join(out_dir, f"{report['name']}.json")
   if jax.process_index() == 0:
     if e.report_png:
       report['png'] = report_lib.write_report_png(
-          os.path.join(out_dir, f"{report['name']}.png"), report, gen,
+          paths.join(out_dir, f"{report['name']}.png"), report, gen,
           truth_first=None if truth is None else truth.first, truth_generated=truth_generated)
     report_lib.write_json(report['json'], report)
   logging.info('eval %s: FID %.3f, IS %s, KID %.5f', report['name'], report['fid'],

@@ -9,17 +9,19 @@ sources and the sharding ivd_jax.data.prepare. Multi-host jobs run the same comm
 process: each writes its share of the shards, all wait for the others, process 0 writes the
 dataset metadata and the summary DIR/prepare_summary.json: num_written, num_skipped, skipped
 [{file, reason}], converted [{file, note}], the class list and per-split counts. A rerun resumes:
-shards already complete are kept.
+shards already complete are kept. Prepare fails (a UserError, after the summary is written) when
+it writes no example or skips more than data.max_skipped_fraction of the images it found.
 """
 import json
-import os
 from typing import Any, Dict, Optional
 
 from absl import logging
 import jax
 
+from ivd_jax import checkpoint as ckpt_lib
 from ivd_jax.data import prepare as prepare_lib
 from ivd_jax.data import records
+from ivd_jax.io import paths
 
 SUMMARY_FILE = 'prepare_summary.json'
 
@@ -37,6 +39,9 @@ def run(config, workdir: str, *, process_index: Optional[int] = None,
 
   Returns:
     The summary dict (written as JSON by process 0).
+
+  Raises:
+    errors.UserError: no example written, or too many images skipped (data.prepare.check_summary).
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -44,14 +49,16 @@ def run(config, workdir: str, *, process_index: Optional[int] = None,
   summary = prepare_lib.prepare(config.data, out, process_index=process_index,
                                 process_count=process_count,
                                 show_progress=bool(config.log.progress))
+  path = paths.join(workdir, SUMMARY_FILE)  # local or gs://
   if process_index == 0:
-    path = os.path.join(workdir, SUMMARY_FILE)
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, 'w') as f:
-      f.write(json.dumps(summary, indent=1))
+    paths.write_text(path, json.dumps(summary, indent=1))
     logging.info('prepare: wrote %d examples (%d skipped) to %s in %.1f s',
                  summary['num_written'], summary['num_skipped'], summary['data_dir'],
                  summary['seconds'])
     print(f'prepare: {summary["num_written"]} examples written, {summary["num_skipped"]} '
           f'skipped -> {summary["data_dir"]} (summary: {path})')
+  if process_count > 1 and process_count == jax.process_count():
+    # Process 0 wrote the metadata and the summary: the dataset is complete for every process.
+    ckpt_lib.wait_for_all_processes('ivd_jax:prepare')
+  prepare_lib.check_summary(summary, path)
   return summary

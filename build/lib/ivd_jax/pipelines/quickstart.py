@@ -14,7 +14,6 @@ Stages, each resumable (re-running skips finished work):
   6. 3D consistency of both runs and of the true views of the held-out scenes (the ceiling) on
      the same cameras                       -> DIR/quickstart_summary.json
 """
-import os
 import sys
 import time
 from typing import Any, Optional
@@ -30,6 +29,7 @@ from ivd_jax.data import records
 from ivd_jax.evaluation import consistency
 from ivd_jax.geometry import cameras
 from ivd_jax.io import jsonio
+from ivd_jax.io import paths
 from ivd_jax.pipelines import prepare as prepare_pipeline
 from ivd_jax.pipelines import sample as sample_pipeline
 from ivd_jax.pipelines import train
@@ -47,16 +47,16 @@ def stage_config(config: ml_collections.ConfigDict, workdir: str,
                  role: str) -> ml_collections.ConfigDict:
   """The training config of stage `role` ('uncond' or 'cond') with its workdir paths filled in."""
   c = ml_collections.ConfigDict(config[role].to_dict())
-  c.data.dir = config.data.dir or os.path.join(workdir, 'data')
+  c.data.dir = config.data.dir or paths.join(workdir, 'data')
   init_from = roles.get(c.role).init_from
   if init_from:
-    c.init_from = os.path.join(workdir, init_from)
+    c.init_from = paths.join(workdir, init_from)
   return c
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs all stages; returns (and writes) the summary with both consistency figures."""
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)  # local or gs://
   timings, t_all = {}, time.perf_counter()
   uncond_cfg = stage_config(config, workdir, 'uncond')
   cond_cfg = stage_config(config, workdir, 'cond')
@@ -78,8 +78,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for name, c, sub in (('G_u', uncond_cfg, 'uncond'), ('G_c', cond_cfg, 'cond')):
     t0 = time.perf_counter()
     _say(f'{2 if sub == "uncond" else 3}/6 training {name} for {c.train.num_steps} steps '
-         f'(batch {c.train.batch_size}) -> {os.path.join(workdir, sub)}')
-    metrics = train.train_and_evaluate(c, os.path.join(workdir, sub))
+         f'(batch {c.train.batch_size}) -> {paths.join(workdir, sub)}')
+    metrics = train.train_and_evaluate(c, paths.join(workdir, sub))
     timings[f'train_{sub}_s'] = time.perf_counter() - t0
     stopped = metrics.get('stopped', 'finished')
     if stopped != 'finished':
@@ -110,7 +110,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   n = novel_sample.num_instances
   # The held-out truth: the test split prepare wrote (true renders of unseen scenes on the
   # cameras of the sampled view set, checked up front by _check_truth_cameras).
-  truth = records.read_test_views(uncond_cfg.data.dir, max(config.ceiling_scenes, n))
+  truth = records.read_test_views(uncond_cfg.data.dir, max(config.ceiling_scenes, n),
+                                  cache_dir=str(config.data.get('cache_dir') or ''))
   seeds = truth['scene_seed'].tolist()
   _say(f'5/6 novel views of {n} unseen test-split scenes: true view 0, {novel_sample.steps_cond} '
        f'DDIM G_c steps per further view with condition edits rgb {novel_sample.replace_rgb} / '
@@ -137,18 +138,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     out_dir = manifest.pop('dir')
     manifest['consistency_ceiling'] = ceiling
     manifest['quickstart_run'] = key
-    instances = [os.path.join(out_dir, i['dir']) for i in manifest['instances'] if 'dir' in i]
+    instances = [paths.join(out_dir, i['dir']) for i in manifest['instances'] if 'dir' in i]
     runs[key] = {
         'label': label,
         'samples': out_dir,
-        'overview': os.path.join(out_dir, 'overview.png'),
+        'overview': paths.join(out_dir, 'overview.png'),
         'consistency': manifest['consistency'],
         'instances': instances,
-        'videos': [os.path.join(i, 'orbit.mp4') for i in instances],
+        'videos': [paths.join(i, 'orbit.mp4') for i in instances],
         'timings': manifest['timings'],
     }
     if jax.process_index() == 0:
-      jsonio.write_manifest(os.path.join(out_dir, 'manifest.json'), manifest)
+      jsonio.write_manifest(paths.join(out_dir, 'manifest.json'), manifest)
   runs['novel_views']['scene_seeds'] = seeds[:n]
   runs['novel_views']['condition_edits'] = {
       k: float(novel_sample[k]) for k in ('replace_rgb', 'replace_depth', 'constrain_depth')}
@@ -159,7 +160,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       'timings': timings,
   }
   if jax.process_index() == 0:
-    jsonio.write_manifest(os.path.join(workdir, 'quickstart_summary.json'), summary)
+    jsonio.write_manifest(paths.join(workdir, 'quickstart_summary.json'), summary)
     _print_summary(summary)
   return summary
 
@@ -187,8 +188,8 @@ def _sample_config(config: ml_collections.ConfigDict, workdir: str,
   """A sample-mode config that reads the quickstart's G_u and G_c."""
   c = ml_collections.ConfigDict({'mode': 'sample', 'sample': sample.to_dict(),
                                  'mesh': config.mesh.to_dict()})
-  c.sample.uncond = os.path.join(workdir, 'uncond')
-  c.sample.cond = os.path.join(workdir, 'cond')
+  c.sample.uncond = paths.join(workdir, 'uncond')
+  c.sample.cond = paths.join(workdir, 'cond')
   return c
 
 

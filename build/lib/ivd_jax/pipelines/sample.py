@@ -8,7 +8,6 @@ generated views), views.npz, overview.png and one folder per instance (sampling/
 """
 import dataclasses
 import json
-import os
 import time
 from typing import Any, Optional
 
@@ -16,10 +15,12 @@ from absl import logging
 import jax
 import numpy as np
 
+from ivd_jax import checkpoint as ckpt_lib
 from ivd_jax import errors
 from ivd_jax import parallel
 from ivd_jax.evaluation import consistency
 from ivd_jax.io import jsonio
+from ivd_jax.io import paths
 from ivd_jax.sampling import export
 from ivd_jax.sampling import generate
 from ivd_jax.sampling import networks
@@ -27,6 +28,9 @@ from ivd_jax.sampling import photo
 from ivd_jax.sampling import sampler as sampler_lib
 from ivd_jax.sampling import settings as settings_lib
 from ivd_jax.sampling import viewsets
+
+# Multi-process runs: how long the other processes wait for process 0 to write the exports.
+_EXPORT_TIMEOUT_S = 24 * 3600
 
 
 def build_sampler(sample_config: Any, mesh_config: Any, *,
@@ -66,6 +70,8 @@ def _validate(s: Any) -> None:
   if s.viewset not in viewsets.VIEWSETS:
     raise errors.ConfigError('sample.viewset', f'unknown view set {s.viewset!r}',
                              f'use one of {viewsets.VIEWSETS}')
+  if s.run_name:
+    errors.check_name('sample.run_name', s.run_name)  # DIR/samples/<run_name>: one component
 
 
 def _export_instances(out_dir: str, s: Any, result: generate.ViewSetResult, poses: np.ndarray,
@@ -78,7 +84,7 @@ def _export_instances(out_dir: str, s: Any, result: generate.ViewSetResult, pose
     if s.export:
       name = f'instance_{int(i):04d}'
       entry['files'] = export.export_instance(
-          os.path.join(out_dir, name), rgbd=result.rgbd[k], views=result.views[k],
+          paths.join(out_dir, name), rgbd=result.rgbd[k], views=result.views[k],
           cond_rgbd=result.cond_rgbd[k], cond_mask=result.cond_mask[k],
           cond_mask_rgb=result.cond_mask_rgb[k], near=s.near, far=s.far, fov_deg=s.fov_deg,
           video=None if fused is None else export.fusion_video(fused[k]), fps=s.fps,
@@ -125,7 +131,7 @@ def sample_and_export(config: Any, workdir: str, *,
   total_s = time.perf_counter() - t0
 
   run_name = s.run_name or f'{s.viewset}_seed{s.seed}'
-  out_dir = os.path.join(workdir, 'samples', run_name)
+  out_dir = paths.join(workdir, 'samples', run_name)  # local or gs://
   manifest = {
       'run': run_name,
       'viewset': s.viewset,
@@ -146,13 +152,15 @@ def sample_and_export(config: Any, workdir: str, *,
         result.rgbd, result.views, near=s.near, far=s.far, fov_deg=s.fov_deg, ssaa=s.ssaa,
         atol=s.atol, rtol=s.rtol, neighbours=s.consistency_neighbours or None)
     manifest['timings']['consistency_s'] = time.perf_counter() - t0
-  if jax.process_index() != 0:
-    return manifest
+  if jax.process_index() != 0:  # process 0 alone writes the files; the others wait for it
+    ckpt_lib.wait_for_all_processes('ivd_jax:sample_export', timeout_s=_EXPORT_TIMEOUT_S)
+    return dict(manifest, dir=out_dir, instances=[])
   manifest['instances'] = _export_instances(out_dir, s, result, poses, fused)
   if s.export:
     export.export_run(out_dir, rgbd=result.rgbd, views=result.views, labels=result.labels,
                       instance_ids=result.instance_ids)
-  jsonio.write_manifest(os.path.join(out_dir, 'manifest.json'), manifest)
+  jsonio.write_manifest(paths.join(out_dir, 'manifest.json'), manifest)
   logging.info('wrote %s (consistency %s)', out_dir, json.dumps(manifest['consistency']))
   manifest['dir'] = out_dir
+  ckpt_lib.wait_for_all_processes('ivd_jax:sample_export', timeout_s=_EXPORT_TIMEOUT_S)
   return manifest

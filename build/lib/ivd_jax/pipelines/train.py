@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
@@ -70,7 +71,10 @@ def resolve_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collec
 def ensure_dataset(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Prepares the embedded procedural dataset when it is missing; other sources must exist."""
   path = config.data.dir
-  if epath.Path(path).is_dir() and any(epath.Path(path).iterdir()):
+  exists = epath.Path(path).is_dir() and any(epath.Path(path).iterdir())
+  if jax.process_count() > 1:  # process 0's answer for all: it may already be writing the data
+    exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+  if exists:
     return
   if config.data.source != 'procedural':
     preset = config.get('preset', 'PRESET')
@@ -85,9 +89,9 @@ def ensure_dataset(config: ml_collections.ConfigDict, workdir: str) -> None:
     print(f'train: no dataset at {path}; generating the procedural dataset '
           f'({config.data.num_examples} scenes at {config.data.resolution} px) with prepare',
           file=sys.stderr)
-    prepare_config = ml_collections.ConfigDict(config.to_dict())
-    prepare_config.mode = 'prepare'
-    prepare_pipeline.run(prepare_config, workdir)
+  prepare_config = ml_collections.ConfigDict(config.to_dict())
+  prepare_config.mode = 'prepare'
+  prepare_pipeline.run(prepare_config, workdir)  # every process writes its share of the shards
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('ivd_jax:prepare')
 
@@ -96,14 +100,32 @@ def ensure_dataset(config: ml_collections.ConfigDict, workdir: str) -> None:
 # The loop.
 # =============================================================================================
 class _StopSignal:
-  """SIGTERM/SIGINT (preemption, Ctrl-C) set a flag; the loop saves and exits at the next step."""
+  """When a run stops early: SIGTERM / SIGINT (preemption, Ctrl-C), agreed by every process.
 
-  def __init__(self):
+  One process: the handlers set a flag; the loop saves and exits after the current step.
+  Several processes must save the same step and stop together, whichever host got the signal
+  (a host that leaves alone hangs the others in their next collective):
+  - SIGTERM with JAX's preemption service (on by default once jax.distributed is initialised):
+    JAX's notifier owns SIGTERM and stays installed (a Python handler would silently replace
+    it); the service agrees on a step over the coordination service, and
+    checkpointer.reached_preemption(step), called at every step, is True at that step on every
+    process. A local check (well under a microsecond per step).
+  - SIGINT, and SIGTERM where the service is off: the handler sets a local flag, and every
+    `every` steps (distributed.stop_check_every_steps) the processes all-gather their flags: one
+    tiny collective and one host sync per `every` steps (ms on CPU).
+  Handlers chain to a previously installed Python handler (other than Python's defaults).
+  """
+
+  def __init__(self, *, reached_preemption=None, service: bool = False, every: int = 0):
     self.received = None
     self._previous = {}
+    self._multiprocess = jax.process_count() > 1
+    self._reached_preemption = reached_preemption if service else None
+    self._every = int(every)
 
   def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = [signal.SIGINT] + ([] if self._reached_preemption else [signal.SIGTERM])
+    for sig in signals:
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread: leave signals alone
@@ -111,12 +133,28 @@ class _StopSignal:
     return self
 
   def _handle(self, signum, frame):
-    del frame
-    self.received = signal.Signals(signum).name
+    self.received = self.received or signal.Signals(signum).name
+    previous = self._previous.get(signum)
+    if callable(previous) and previous is not signal.default_int_handler:
+      previous(signum, frame)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+      signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+  def stop_reason(self, step: int):
+    """None, or why the run stops after `step`: the same answer on every process."""
+    reason = None
+    if self._reached_preemption is not None and self._reached_preemption(step):
+      reason = 'preemption'
+    if not self._multiprocess:
+      return reason or self.received
+    if self._every and step % self._every == 0:
+      local = signal.Signals[self.received].value if self.received else 0
+      flags = np.asarray(multihost_utils.process_allgather(np.int32(local)))
+      if reason is None and flags.max():
+        reason = signal.Signals(int(flags.max())).name
+    return reason
 
 
 def _fetch(tree: Any) -> dict[str, float]:
@@ -212,9 +250,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     accum, accum_steps = None, 0
     last = {'step': start_step}
     stopped = 'finished'
+    # All processes enter the loop together (start-up may have drifted by minutes on a loaded
+    # host; the first collectives of the step would not wait that long on CPU).
+    ckpt_lib.wait_for_all_processes('ivd_jax:train_loop')
     t_log = time.perf_counter()
     step = start_step
-    with _StopSignal() as stop:
+    with _StopSignal(reached_preemption=checkpointer.reached_preemption,
+                     service=ckpt_lib.preemption_service_active(),
+                     every=(config.get('distributed') or {}).get('stop_check_every_steps', 0)
+                     ) as stop:
       try:
         while step < num_steps:
           batch = next(input_iter)
@@ -261,13 +305,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             train_logging.write_preview(writer, workdir, step, preview_fn, state.ema_params,
                                         preview_cond, config)
             t_log += time.perf_counter() - t_preview  # previews do not count against steps/s
-          preempted = stop.received is not None
-          if jax.process_count() > 1:
-            preempted = preempted or checkpointer.reached_preemption(step)
-          if preempted and step < num_steps:
-            stopped = stop.received or 'preemption'
-            logging.warning('%s received: saving step %d and exiting', stopped, step)
-            save(step)
+          reason = stop.stop_reason(step)
+          if reason and step < num_steps:
+            stopped = reason
+            logging.warning('%s: saving step %d and exiting', stopped, step)
+            if last_saved != step:
+              save(step)
             break
       finally:
         progress.close()

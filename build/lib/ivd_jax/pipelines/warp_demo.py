@@ -14,8 +14,8 @@ into the output directory.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 from typing import Any, Dict, List
 
 import jax
@@ -33,6 +33,7 @@ from ivd_jax.geometry import depth as depth_lib
 from ivd_jax.geometry import warp
 from ivd_jax.io import images
 from ivd_jax.io import jsonio
+from ivd_jax.io import paths
 
 COLUMNS = ('source', 'source depth', 'true target', 'forward warp', 'fw mask vs truth',
            'fwd-bwd warp', 'fbw mask vs truth', 'aggregated')
@@ -129,12 +130,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   width = tiles.shape[2] + 4
   for k, name in enumerate(COLUMNS):
     draw.text((k * width + 3, 3), name, fill=(0, 0, 0))
-  os.makedirs(workdir, exist_ok=True)
-  png = os.path.join(workdir, 'warp_demo.png')
-  panel.save(png)
+  png = paths.join(workdir, 'warp_demo.png')  # local or gs://
+  buffer = io.BytesIO()
+  panel.save(buffer, format='PNG')
+  paths.write_bytes(png, buffer.getvalue())
   summary = dict(png=png, seed=c.seed, resolution=n, rows=rows)
-  with open(os.path.join(workdir, 'warp_demo.json'), 'w') as f:
-    json.dump(jsonio.jsonable(summary), f, indent=1)
+  paths.write_text(paths.join(workdir, 'warp_demo.json'),
+                   json.dumps(jsonio.jsonable(summary), indent=1))
   for i, row in enumerate(rows):
     print(f"view {i} (yaw, pitch, r) = {row['pose']}: " + ', '.join(
         f"{k} precision {v['precision']:.4f} recall {v['recall']:.3f} PSNR {v['psnr_in_mask']:.1f}"

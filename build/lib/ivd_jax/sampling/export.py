@@ -1,9 +1,8 @@
 """Writing one generated view set: per-view PNGs, grids, conditions, video, PLY, npz.
 
 Host-side numpy in the warp encoding (RGB and z-buffer depth in [0, 1]); the file formats
-themselves live in ivd_jax.io.
+themselves live in ivd_jax.io, and so do the paths (local folders or gs://, io.paths).
 """
-import os
 from typing import Any, Optional
 
 import numpy as np
@@ -11,6 +10,8 @@ import numpy as np
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import depth as depth_lib
 from ivd_jax.io import images
+from ivd_jax.io import npz
+from ivd_jax.io import paths
 from ivd_jax.io import ply
 from ivd_jax.io import video as video_io
 
@@ -77,7 +78,7 @@ def export_instance(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray,
   Returns:
     dict of the written paths (relative to out_dir) and the point count.
   """
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
   rgbd = np.asarray(rgbd, np.float32)
   num_views = rgbd.shape[0]
   files: dict[str, Any] = {'views': []}
@@ -86,8 +87,8 @@ def export_instance(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray,
         'rgb': f'view_{v:02d}_rgb.png',
         'depth': f'view_{v:02d}_depth.png',
     }
-    images.save_png(os.path.join(out_dir, entry['rgb']), rgbd[v, ..., :3])
-    images.save_png(os.path.join(out_dir, entry['depth']), images.colourise_depth(rgbd[v, ..., 3]))
+    images.save_png(paths.join(out_dir, entry['rgb']), rgbd[v, ..., :3])
+    images.save_png(paths.join(out_dir, entry['depth']), images.colourise_depth(rgbd[v, ..., 3]))
     if cond_rgbd is not None and v > 0:
       m_rgb = cond_mask_rgb[v] if cond_mask_rgb is not None else cond_mask[v]
       cond_picture = np.concatenate([
@@ -95,20 +96,20 @@ def export_instance(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray,
           images.colourise_depth(cond_rgbd[v, ..., 3], cond_mask[v]),
       ], axis=1)
       entry['cond'] = f'view_{v:02d}_cond.png'
-      images.save_png(os.path.join(out_dir, entry['cond']), cond_picture)
+      images.save_png(paths.join(out_dir, entry['cond']), cond_picture)
     files['views'].append(entry)
   cols = grid_cols or (9 if num_views == 27 else min(num_views, 8))
-  images.save_png(os.path.join(out_dir, 'grid_rgb.png'),
+  images.save_png(paths.join(out_dir, 'grid_rgb.png'),
                   images.image_grid(images.to_uint8(rgbd[..., :3]), cols))
-  images.save_png(os.path.join(out_dir, 'grid_depth.png'),
+  images.save_png(paths.join(out_dir, 'grid_depth.png'),
                   images.image_grid(images.colourise_depth(rgbd[..., 3]), cols))
   files['grid_rgb'], files['grid_depth'] = 'grid_rgb.png', 'grid_depth.png'
   if video is not None:
-    written = video_io.save_video(os.path.join(out_dir, 'orbit'), video, fps=fps)
-    files.update({k: os.path.basename(p) for k, p in written.items()})
+    written = video_io.save_video(paths.join(out_dir, 'orbit'), video, fps=fps)
+    files.update({k: paths.basename(p) for k, p in written.items()})
   points, colours = fused_point_cloud(rgbd, views, near=near, far=far, fov_deg=fov_deg,
                                       max_depth=ply_max_depth)
-  ply.save_ply(os.path.join(out_dir, 'points.ply'), points, colours)
+  ply.save_ply(paths.join(out_dir, 'points.ply'), points, colours)
   files['ply'], files['num_points'] = 'points.ply', int(points.shape[0])
   arrays = {'rgbd': rgbd, 'views': np.asarray(views, np.float32)}
   if cond_rgbd is not None:
@@ -117,7 +118,7 @@ def export_instance(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray,
     arrays['cond_mask'] = np.asarray(cond_mask, np.float32)
   if cond_mask_rgb is not None:
     arrays['cond_mask_rgb'] = np.asarray(cond_mask_rgb, np.float32)
-  np.savez_compressed(os.path.join(out_dir, 'arrays.npz'), **arrays)
+  npz.save_npz(paths.join(out_dir, 'arrays.npz'), compressed=True, **arrays)
   files['npz'] = 'arrays.npz'
   return files
 
@@ -146,11 +147,11 @@ def export_run(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray, labels: np.
   Returns:
     dict of the written paths (relative to out_dir).
   """
-  os.makedirs(out_dir, exist_ok=True)
-  np.savez_compressed(os.path.join(out_dir, 'views.npz'), rgbd=rgbd, views=views, labels=labels,
-                      instance_ids=instance_ids)
+  paths.makedirs(out_dir)
+  npz.save_npz(paths.join(out_dir, 'views.npz'), compressed=True, rgbd=rgbd, views=views,
+               labels=labels, instance_ids=instance_ids)
   cols = min(rgbd.shape[1], overview_views)
   tiles = rgbd[:, :cols, ..., :3].reshape((-1,) + rgbd.shape[2:4] + (3,))
-  images.save_png(os.path.join(out_dir, 'overview.png'),
+  images.save_png(paths.join(out_dir, 'overview.png'),
                   images.image_grid(images.to_uint8(tiles), cols))
   return {'npz': 'views.npz', 'overview': 'overview.png'}

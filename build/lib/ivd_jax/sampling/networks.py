@@ -6,7 +6,6 @@ the reference's PyTorch release carry only the UNet shape; they were trained wit
 reference's schedule and encoding (docs/method.md §3, §7).
 """
 import dataclasses
-import os
 from typing import Any
 
 import ml_collections
@@ -15,6 +14,7 @@ from ivd_jax import checkpoint
 from ivd_jax import errors
 from ivd_jax import roles
 from ivd_jax.diffusion import schedule as schedule_lib
+from ivd_jax.io import paths
 from ivd_jax.models import unet as unet_lib
 
 # (near, far) of the z-buffer depth the reference trained on (docs/method.md §3): the encoding of
@@ -47,7 +47,7 @@ def load_network(path: str, *, field: str, ema: bool) -> tuple[Network, ml_colle
   """
   if not path:
     raise errors.ConfigError(field, 'is empty', 'give a training workdir or a params checkpoint')
-  if not os.path.exists(path):
+  if not paths.exists(path):  # a local path or gs://
     raise errors.ConfigError(field, f'{path} does not exist',
                              'give a training workdir or an exported params checkpoint')
   params, config = checkpoint.load_params(path, ema=ema)

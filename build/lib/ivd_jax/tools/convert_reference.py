@@ -9,7 +9,10 @@ Command line (torch is needed only to read a .pt file; an .npz of arrays works w
       --out /path/to/exported_params
 
 `config.json` is the reference's training config (the UNet arguments under backbone.args) or the
-bare constructor arguments. The output is a params-only checkpoint written with
+bare constructor arguments. A .pt file is read with torch.load(weights_only=True): tensors and
+plain containers only, nothing in it runs. A legacy checkpoint that pickles other Python objects
+is refused; --allow_pickle reads it with full unpickling, which runs whatever code the file
+names -- only for a file from a source you trust. The output is a params-only checkpoint written with
 ivd_jax.checkpoint.save_params, which sampling restores with load_params.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import re
 import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -196,10 +200,14 @@ def _reference_kwargs(config: Mapping[str, Any]) -> Mapping[str, Any]:
   return config
 
 
-def _load_state_dict(path: str) -> Mapping[str, Any]:
-  """Reads a reference state dict from a .pt file (torch) or an .npz of arrays."""
+def _load_state_dict(path: str, allow_pickle: bool = False) -> Mapping[str, Any]:
+  """Reads a reference state dict from a .pt file (torch) or an .npz of arrays.
+
+  allow_pickle: read a .pt file with full unpickling (code execution; trusted files only)
+  instead of torch.load(weights_only=True).
+  """
   if path.endswith('.npz'):  # e.g. the fixtures' arrays, stored as "param/<key>".
-    with np.load(path) as arrays:
+    with np.load(path, allow_pickle=False) as arrays:
       return {re.sub(r'^param/', '', k): arrays[k] for k in arrays.files
               if not k.startswith(('input/', 'output', 'intermediate/'))}
   try:
@@ -207,7 +215,19 @@ def _load_state_dict(path: str) -> Mapping[str, Any]:
   except ImportError as e:
     raise UserError('reading a .pt checkpoint needs torch. Fix: pip install torch (CPU build) '
                     '-- it is only needed for conversion.') from e
-  obj = torch.load(path, map_location='cpu', weights_only=False)
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=not allow_pickle)
+  except pickle.UnpicklingError as e:
+    if allow_pickle:
+      raise UserError(f'{path} cannot be unpickled ({e}). Fix: pass the reference .pt '
+                      'checkpoint') from None
+    # torch names the object it refused on a line of its own ('... GLOBAL posix.system ...').
+    named = [line.strip() for line in str(e).splitlines() if 'global' in line.lower()]
+    what = f' ({named[0][:200]})' if named else ''
+    raise UserError(
+        f'{path} holds pickled Python objects besides tensors, which torch.load(weights_only=True) '
+        f'refuses to run{what}. Fix: pass --allow_pickle to load it with full unpickling, which '
+        'executes code named in the file: only for a checkpoint from a source you trust') from None
   # Trainer checkpoints nest the weights; prefer EMA weights where present.
   for key in ('ema', 'ema_model', 'backbone', 'model', 'state_dict'):
     if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
@@ -226,6 +246,9 @@ def main(argv: Optional[list] = None) -> int:
   parser.add_argument('--out', required=True, help='output params checkpoint directory')
   parser.add_argument('--widen_to', type=int, default=0,
                       help='widen the first conv to this many inputs (G_u -> G_c init)')
+  parser.add_argument('--allow_pickle', action='store_true',
+                      help='read a legacy .pt that pickles Python objects with full unpickling; '
+                      'this runs code named in the file: only for checkpoints you trust')
   args = parser.parse_args(argv)
   for flag in ('checkpoint', 'config'):
     if not os.path.isfile(getattr(args, flag)):
@@ -233,7 +256,7 @@ def main(argv: Optional[list] = None) -> int:
                       f'the reference {flag} file.')
   with open(args.config) as f:
     kwargs = _reference_kwargs(json.load(f))
-  model, params = from_state_dict(_load_state_dict(args.checkpoint), kwargs)
+  model, params = from_state_dict(_load_state_dict(args.checkpoint, args.allow_pickle), kwargs)
   if args.widen_to:
     params = unet_lib.widen_input(params, args.widen_to)
     model = model.clone(in_channels=args.widen_to)

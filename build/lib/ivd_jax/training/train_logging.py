@@ -1,8 +1,9 @@
 """Training logs on process 0: metrics.jsonl, TensorBoard (tensorboardX), progress bar, previews."""
 import io
 import json
-import os
+import shutil
 import sys
+import tempfile
 from typing import Any, Callable, Optional
 
 import jax
@@ -19,6 +20,7 @@ from ivd_jax import roles
 from ivd_jax.diffusion import samplers
 from ivd_jax.diffusion import schedule as schedule_lib
 from ivd_jax.io import images
+from ivd_jax.io import paths
 from ivd_jax.models import unet as unet_lib
 
 
@@ -28,15 +30,20 @@ class MetricWriter:
   On resume, lines of steps after the restored step (written by a run that was killed before its
   next checkpoint) are dropped, so metrics.jsonl reads like one uninterrupted run. Local files
   are appended to; on object stores (gs://...), which cannot append, the file is rewritten.
+  TensorBoard events of a workdir on a bucket are written to a local folder and copied to
+  WORKDIR/tensorboard at every flush (tensorboardX's own gs:// writer would re-upload from its
+  destructor, possibly long after the run).
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
                resume_step: int = 0):
     self.enabled = enabled
     self.path = epath.Path(workdir) / 'metrics.jsonl'
-    self._local = '://' not in str(workdir)
+    self._local = not paths.is_remote(workdir)
     self._lines = []
     self._tb = None
+    self._tb_dir = paths.join(workdir, 'tensorboard')
+    self._tb_local = self._tb_dir if self._local else ''
     if not enabled:
       return
     if self.path.exists():
@@ -45,7 +52,13 @@ class MetricWriter:
       if len(self._lines) != len(lines):
         self.path.write_text(''.join(self._lines))
     if tensorboard:
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
+      self._tb_local = self._tb_local or tempfile.mkdtemp(prefix='ivd_jax_tensorboard_')
+      self._tb = SummaryWriter(self._tb_local, purge_step=resume_step + 1)
+
+  def _flush_tensorboard(self) -> None:
+    self._tb.flush()
+    if not self._local:
+      paths.copy_tree(self._tb_local, self._tb_dir)
 
   def write_metrics(self, metrics: dict[str, Any]) -> None:
     if not self.enabled:
@@ -62,7 +75,7 @@ class MetricWriter:
       for k, v in metrics.items():
         if k != 'step':
           self._tb.add_scalar(f'train/{k}', v, step)
-      self._tb.flush()
+      self._flush_tensorboard()
 
   def write_text(self, tag: str, text: str, step: int) -> None:
     if self._tb is not None:
@@ -71,11 +84,15 @@ class MetricWriter:
   def write_image(self, tag: str, image: np.ndarray, step: int) -> None:
     if self._tb is not None:
       self._tb.add_image(tag, image, step, dataformats='HWC')
-      self._tb.flush()
+      self._flush_tensorboard()
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      if not self._local:
+        paths.copy_tree(self._tb_local, self._tb_dir)
+        shutil.rmtree(self._tb_local, ignore_errors=True)
+      self._tb = None
 
 
 class Progress:
