@@ -83,7 +83,7 @@ def test_quickstart_under_two_processes(quickstart_run):
   # Process 1 went through every stage too.
   with open(os.path.join(quickstart_run, 'logs', 'process_1.log')) as f:
     log = f.read()
-  assert 'quickstart: 6/6' in log and 'G_c: finished at step 2' in log
+  assert 'quickstart: 6/6' in log
 
 
 def test_prepare_under_two_processes_writes_the_same_dataset(quickstart_run, tmp_path):
