@@ -3,7 +3,7 @@ devices), checked against the same work done by one process with 8 devices.
 
 One 2-process quickstart (smoke preset, shards of 4 examples so that both processes write some)
 prepares the data, trains G_u and G_c and samples both of its runs; then
-  prepare: its dataset equals the one a single process prepares, file for file;
+  prepare: its dataset equals the one a single process prepares, example for example;
   sample:  its views.npz equals a single-process sample of the same networks;
   eval:    a 2-process eval of its views against its data gives a single process's scores.
 """
@@ -18,6 +18,7 @@ from ivd_jax import main as main_lib
 from ivd_jax.configs import common
 from ivd_jax.configs import eval as eval_config
 from ivd_jax.configs import quickstart as quickstart_config
+from ivd_jax.data import records
 from ivd_jax.pipelines import prepare as prepare_pipeline
 from ivd_jax.pipelines import quickstart as quickstart_pipeline
 from ivd_jax.pipelines import sample as sample_pipeline
@@ -92,15 +93,27 @@ def test_prepare_under_two_processes_writes_the_same_dataset(quickstart_run, tmp
   summary = prepare_pipeline.run(quickstart_pipeline.stage_config(config, workdir, 'uncond'),
                                  workdir)
   assert summary['num_shards'] == {'train': 4, 'test': 2}  # both processes wrote shards
-  one, two = _files(os.path.join(workdir, 'data')), _files(os.path.join(quickstart_run, 'data'))
+  one_dir, two_dir = os.path.join(workdir, 'data'), os.path.join(quickstart_run, 'data')
+  one, two = _files(one_dir), _files(two_dir)
   assert sorted(one) == sorted(two)
   for name in one:
-    if name.startswith('prepare_state/') and name != 'prepare_state/metadata.json':
-      a, b = json.loads(one[name]), json.loads(two[name])  # shard markers: all but the time
-      a.pop('seconds'), b.pop('seconds')
+    if name.endswith('.json'):
+      a, b = json.loads(one[name]), json.loads(two[name])
+      if name.startswith('prepare_state/') and 'seconds' in a:  # shard markers: but the time
+        a.pop('seconds'), b.pop('seconds')
       assert a == b, name
-    else:
-      assert one[name] == two[name], name
+  # The examples, in file order. (The shard files' bytes may differ: protobuf serialises the
+  # fields of an example in an order that varies between processes.)
+  for split in ('train', 'test'):
+    a = records.open_split(one_dir, split, this_process_only=False, novel_views=True)
+    b = records.open_split(two_dir, split, this_process_only=False, novel_views=True)
+    assert len(a) == len(b) == summary['splits'][split]
+    for i in range(len(a)):
+      x, y = a[i], b[i]
+      assert sorted(x) == sorted(y)
+      for key in x:
+        np.testing.assert_array_equal(np.asarray(x[key]), np.asarray(y[key]),
+                                      err_msg=f'{split} {i} {key}')
 
 
 def test_sample_under_two_processes_writes_the_same_views(quickstart_run, tmp_path):
@@ -115,8 +128,11 @@ def test_sample_under_two_processes_writes_the_same_views(quickstart_run, tmp_pa
   with np.load(os.path.join(manifest['dir'], 'views.npz')) as f:
     one = dict(f)
   assert sorted(one) == sorted(two)
-  for key in one:
+  for key in ('views', 'labels', 'instance_ids'):
     np.testing.assert_array_equal(one[key], two[key], err_msg=key)
+  # The same computation on the same 8 devices, compiled for 1 and for 2 processes: XLA may fuse
+  # differently, so a value can differ in its last bit.
+  np.testing.assert_allclose(one['rgbd'], two['rgbd'], rtol=0, atol=1e-6)
 
 
 def test_eval_under_two_processes_scores_like_one(quickstart_run, tmp_path, inception_weights):
@@ -141,6 +157,9 @@ def test_eval_under_two_processes_scores_like_one(quickstart_run, tmp_path, ince
   # one, each scored once.
   assert two['num_images'] == one['num_images'] == 4
   assert two['num_reference'] == one['num_reference'] == 16
-  for key in ('fid', 'kid', 'kid_std'):
-    assert two[key] == pytest.approx(one[key], rel=1e-6, abs=1e-9), key
-  assert two['inception_score'] == pytest.approx(one['inception_score'], rel=1e-6)
+  for key in ('fid', 'kid', 'kid_std', 'inception_score', 'inception_score_std'):
+    if one[key] is None:  # IS needs weights with the logits layer
+      assert two[key] is None, key
+    else:
+      assert two[key] == pytest.approx(one[key], rel=1e-6, abs=1e-9), key
+  assert two['consistency'] == pytest.approx(one['consistency'], rel=1e-6, nan_ok=True)
