@@ -8,6 +8,7 @@ quickstart's smoke preset.
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,7 +29,13 @@ def installed(tmp_path_factory):
   # Dependencies from this interpreter (a plain path line: its .pth files, e.g. an editable
   # install of the clone, are not processed, so only the freshly built package is importable).
   (pathlib.Path(site) / 'test_deps.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
-  subprocess.run([python, '-m', 'pip', 'install', '-q', '--no-deps', str(ROOT)], check=True,
+  # Built from a copy of the sources, so the build leaves nothing (build/, *.egg-info) in the clone.
+  source = tmp_path_factory.mktemp('source')
+  for name in ('pyproject.toml', 'README.md'):
+    shutil.copy(ROOT / name, source / name)
+  shutil.copytree(ROOT / 'ivd_jax', source / 'ivd_jax',
+                  ignore=shutil.ignore_patterns('__pycache__'))
+  subprocess.run([python, '-m', 'pip', 'install', '-q', '--no-deps', str(source)], check=True,
                  cwd=env_dir)
   return env_dir
 

@@ -133,10 +133,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   png = paths.join(workdir, 'warp_demo.png')  # local or gs://
   buffer = io.BytesIO()
   panel.save(buffer, format='PNG')
-  paths.write_bytes(png, buffer.getvalue())
   summary = dict(png=png, seed=c.seed, resolution=n, rows=rows)
-  paths.write_text(paths.join(workdir, 'warp_demo.json'),
-                   json.dumps(jsonio.jsonable(summary), indent=1))
+  if jax.process_index() == 0:  # every process of a multi-process run computes the same panel
+    paths.write_bytes(png, buffer.getvalue())
+    paths.write_text(paths.join(workdir, 'warp_demo.json'),
+                     json.dumps(jsonio.jsonable(summary), indent=1))
   for i, row in enumerate(rows):
     print(f"view {i} (yaw, pitch, r) = {row['pose']}: " + ', '.join(
         f"{k} precision {v['precision']:.4f} recall {v['recall']:.3f} PSNR {v['psnr_in_mask']:.1f}"

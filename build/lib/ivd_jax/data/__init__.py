@@ -1,1 +1,0 @@
-"""Embedded scenes, dataset preparation, input pipeline, training pairs."""

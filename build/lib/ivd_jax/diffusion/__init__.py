@@ -1,1 +1,0 @@
-"""Diffusion math and samplers: pure functions over arrays, no Flax."""

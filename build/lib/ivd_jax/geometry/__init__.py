@@ -1,1 +1,0 @@
-"""Cameras, depth encodings, the splat warp and multi-view aggregation."""

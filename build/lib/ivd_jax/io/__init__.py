@@ -1,2 +1,0 @@
-"""Host-side files: pictures, videos, point clouds, JSON, npz, image+depth ingestion, and the
-paths they live at (local or gs://, `paths`)."""

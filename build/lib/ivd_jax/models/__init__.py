@@ -1,1 +1,0 @@
-"""Flax networks: the ADM UNet, Inception features, monocular depth."""

@@ -1,1 +1,0 @@
-"""The modes (prepare, train, sample, eval, quickstart, warp_demo): where the stages meet."""
