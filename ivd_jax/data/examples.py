@@ -17,6 +17,7 @@ from PIL import Image
 from ivd_jax.data import procedural
 from ivd_jax.data import records
 from ivd_jax.geometry import cameras
+from ivd_jax.io import images
 from ivd_jax.io import ingest
 
 # config.data.depth of a folder -> the extensions of its depth files.
@@ -33,10 +34,6 @@ def _novel_views(viewset: Any, seed: Optional[int]) -> np.ndarray:
   return np.asarray(cameras.views_from_poses(poses), np.float32)
 
 
-def _to_uint8(rgb01: np.ndarray) -> np.ndarray:
-  return np.round(rgb01 * 255).astype(np.uint8)
-
-
 def procedural_example(seed: int, options: Dict[str, Any]) -> Dict[str, Any]:
   """The example of scene `seed`: its source view, plus the novel views of
   options['novel_viewset'] when that is set."""
@@ -50,9 +47,9 @@ def procedural_example(seed: int, options: Dict[str, Any]) -> Dict[str, Any]:
       viewset = tuple(tuple(float(x) for x in row) for row in viewset)
     views = _novel_views(viewset, seed if viewset == 'random' else None)
     renders = [procedural.render_rgbd(scene, v, res, near=near, far=far) for v in views]
-    novel = (np.stack([_to_uint8(r[..., :3]) for r in renders]),
+    novel = (np.stack([images.to_uint8(r[..., :3]) for r in renders]),
              np.stack([ingest.zbuf_to_uint16(r[..., 3]) for r in renders]), views)
-  return records.example(_to_uint8(rgbd[..., :3]), rgbd[..., 3], label=-1,
+  return records.example(images.to_uint8(rgbd[..., :3]), rgbd[..., 3], label=-1,
                          file=f'procedural/{seed}', view=cameras.SOURCE_VIEW, scene_seed=seed,
                          novel=novel)
 
