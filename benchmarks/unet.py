@@ -3,6 +3,7 @@ r"""UNet train-step and sampler-step timings; one JSON line per case. Never asse
   .venv/bin/python benchmarks/unet.py                      # JAX, both networks
   .venv/bin/python benchmarks/unet.py --torch              # + the same step in PyTorch
   .venv/bin/python benchmarks/unet.py --cases fixture32 --repeats 10
+  .venv/bin/python benchmarks/unet.py --variants default,xnn,xnn_tcmalloc --rounds 3 --torch
 
 Cases (batch 8, float32):
   fixture32:  the reference fixture network (32x32, model_channels 32, mult 1,2,2, 1 res block,
@@ -13,6 +14,11 @@ A train step is forward, epsilon loss, backward and AdamW (lr 1e-4, no weight de
 step is one DDIM step (one network evaluation) of a 4-step jitted ddim_sample, per step.
 `--torch` times an equivalent PyTorch network (written here, same parameter count, same layer
 sequence) under the same conditions, for a same-load comparison; torch is optional.
+`--variants` compares process settings (allocator, XLA flags) in one run: each variant of
+VARIANTS runs as a child process of this script with its environment, the variants (and torch)
+alternating round after round so that all see the same load; every row gets `variant` and
+`round`, and a `summary` row per variant and case gives the median over rounds. Rows also
+count the minor page faults per call (XLA:CPU returns and re-maps its buffers every step).
 """
 from __future__ import annotations
 
@@ -20,7 +26,9 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -44,6 +52,24 @@ CASES = {
 }
 BATCH = 8
 
+# Process settings compared by --variants (environment of the child process). XNN: XNNPACK
+# convolutions in place of YNNPACK ones (launch/local.sh); tcmalloc: Debian's
+# libtcmalloc-minimal4 in place of glibc malloc.
+TCMALLOC = '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4'
+XNN = ('--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION '
+       '--xla_cpu_experimental_ynn_fusion_type=')
+VARIANTS = {
+    'default': {},
+    'tcmalloc': {'LD_PRELOAD': TCMALLOC},
+    'xnn': {'XLA_FLAGS': XNN},
+    'xnn_tcmalloc': {'XLA_FLAGS': XNN, 'LD_PRELOAD': TCMALLOC},
+    'xnn_concurrency': {'XLA_FLAGS': XNN + ' --xla_cpu_enable_concurrency_optimized_scheduler'
+                                           '=true'},
+    'xnn_fast_min_max': {'XLA_FLAGS': XNN + ' --xla_cpu_enable_fast_min_max=true'},
+    'xnn_no_eigen_threads': {'XLA_FLAGS': XNN + ' --xla_cpu_multi_thread_eigen=false'},
+    'xnn_vector512': {'XLA_FLAGS': XNN + ' --xla_cpu_prefer_vector_width=512'},
+}
+
 
 def _timed(fn, repeats: int) -> dict:
   """Runs fn() (which blocks) once to compile/warm, then `repeats` times; seconds per call.
@@ -55,14 +81,16 @@ def _timed(fn, repeats: int) -> dict:
   fn()
   first = time.perf_counter() - start
   times, cpu = [], []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(repeats):
     start, start_cpu = time.perf_counter(), time.process_time()
     fn()
     times.append(time.perf_counter() - start)
     cpu.append(time.process_time() - start_cpu)
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeats
   return {'first_call_s': round(first, 3), 'median_s': round(statistics.median(times), 4),
           'min_s': round(min(times), 4), 'cpu_median_s': round(statistics.median(cpu), 4),
-          'repeats': repeats}
+          'minor_faults_per_call': int(faults), 'repeats': repeats}
 
 
 def _load() -> float:
@@ -249,18 +277,55 @@ def bench_torch(name: str, repeats: int, sampler: bool) -> list:
   return rows
 
 
+def run_variants(args) -> None:
+  """Each variant (and torch) as a child process, alternating, `rounds` times; then medians."""
+  runs = [(v, 'jax') for v in args.variants.split(',')] + ([('torch', 'torch')] if args.torch
+                                                           else [])
+  rows = []
+  for rnd in range(args.rounds):
+    for variant, impl in runs:
+      env = dict(os.environ)
+      for key, value in VARIANTS.get(variant, {}).items():
+        env[key] = f'{env.get(key, "")} {value}'.strip()
+      cmd = [sys.executable, os.path.abspath(__file__), '--cases', args.cases, '--repeats',
+             str(args.repeats), '--impls', impl] + (['--no_sampler'] if args.no_sampler else [])
+      out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+      for line in out.splitlines():
+        row = dict(json.loads(line), variant=variant, round=rnd)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+  for variant, _ in runs:
+    for case in sorted({r['case'] for r in rows}):
+      mine = [r for r in rows if r['variant'] == variant and r['case'] == case]
+      print(json.dumps(dict(
+          summary=True, variant=variant, case=case, rounds=len(mine),
+          median_s=round(statistics.median(r['median_s'] for r in mine), 4),
+          cpu_median_s=round(statistics.median(r['cpu_median_s'] for r in mine), 4),
+          minor_faults_per_call=int(statistics.median(r['minor_faults_per_call'] for r in mine)),
+          load=[r['load'] for r in mine])), flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--cases', default='fixture32,single64')
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--torch', action='store_true', help='also time the PyTorch equivalent')
+  parser.add_argument('--impls', default='', help='jax,torch (default: jax, + torch with --torch)')
   parser.add_argument('--no_sampler', action='store_true')
+  parser.add_argument('--variants', default='',
+                      help=f'compare process settings in one run: some of {", ".join(VARIANTS)}')
+  parser.add_argument('--rounds', type=int, default=2)
   args = parser.parse_args()
+  if args.variants:
+    run_variants(args)
+    return
   env = dict(machine=platform.machine(), cpus=os.cpu_count(), python=platform.python_version(),
-             jax=jax.__version__, backend=jax.default_backend())
+             jax=jax.__version__, backend=jax.default_backend(),
+             xla_flags=os.environ.get('XLA_FLAGS', ''), ld_preload=os.environ.get('LD_PRELOAD', ''))
+  impls = args.impls.split(',') if args.impls else ['jax'] + (['torch'] if args.torch else [])
   for name in args.cases.split(','):
-    impls = [bench_jax] + ([bench_torch] if args.torch else [])
-    for bench in impls:
+    for impl in impls:
+      bench = {'jax': bench_jax, 'torch': bench_torch}[impl]
       for row in bench(name, args.repeats, not args.no_sampler):
         print(json.dumps(dict(row, **env)), flush=True)
 

@@ -8,12 +8,13 @@ Kept short on purpose: flags, multi-host initialisation, one call into a library
 chosen by `config.mode`. Every error of the user's making (a flag, a config field, a file, the
 workdir) ends the process with one line `error: ...` on stderr and exit code 2.
 """
+import errno
 import importlib
 import pathlib
 import re
 import sys
 import tempfile
-from typing import NoReturn, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -143,6 +144,31 @@ def check_workdir(workdir: str) -> None:
                            f'Fix: {fix}') from None
 
 
+# A full or read-only file system, as an OSError errno or in the text of a library's error
+# (TensorStore reports "No space left on device [os_error_code='28']" in a ValueError).
+_STORAGE_FAULTS = (
+    ((errno.ENOSPC, errno.EDQUOT), ('No space left on device', 'Disk quota exceeded'),
+     'is full', 'free space there or give --workdir a larger disk'),
+    ((errno.EROFS,), ('Read-only file system',), 'became read-only',
+     'remount it writable or give --workdir another disk'),
+)
+
+
+def storage_error(e: BaseException, workdir: str) -> Optional[str]:
+  """One line for a full or read-only disk met anywhere in an exception chain, else None."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    for numbers, texts, what, fix in _STORAGE_FAULTS:
+      if getattr(e, 'errno', None) in numbers or any(t in str(e) for t in texts):
+        where = getattr(e, 'filename', None) or workdir
+        return (f'the disk holding {where} {what} ({texts[0]}): the run stopped, and what it '
+                f'had completed (e.g. the last complete checkpoint) is kept. Fix: {fix}, then '
+                'rerun the same command to resume')
+    e = e.__cause__ or e.__context__
+  return None
+
+
 def main(argv):
   if len(argv) > 1:
     fail(f'unexpected arguments {argv[1:]}. Fix: pass settings as --config.<section>.<field>=value')
@@ -161,6 +187,12 @@ def main(argv):
   except (PermissionError, IsADirectoryError, NotADirectoryError) as e:
     logging.error('%s', e)
     fail(f'{e.filename}: {e.strerror}. Fix: check that path and its permissions')
+  except Exception as e:  # pylint: disable=broad-except
+    message = storage_error(e, _WORKDIR.value)
+    if message is None:
+      raise
+    logging.error('%s', e)
+    fail(message)
 
 
 def cli() -> None:

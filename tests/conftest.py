@@ -2,6 +2,8 @@
 
 XLA_FLAGS must be set before jax is imported anywhere, so it happens at the top of this file.
 """
+import contextlib
+import io
 import os
 import pathlib
 import tempfile
@@ -50,3 +52,19 @@ def inception_weights(tmp_path_factory) -> str:
   if not os.path.isfile(path):
     convert_inception.convert(src, path)
   return path
+
+
+@pytest.fixture(scope='session')
+def smoke_quickstart(tmp_path_factory):
+  """One run of configs/quickstart.py:smoke per session, shared by test_quickstart and test_page.
+
+  Returns (config, workdir, summary, printed stdout).
+  """
+  from ivd_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+  from ivd_jax.configs import quickstart as quickstart_config  # pylint: disable=g-import-not-at-top
+  config = quickstart_config.get_config('smoke')
+  workdir = tmp_path_factory.mktemp('quickstart_smoke')
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    summary = main_lib.run(config, str(workdir))
+  return config, workdir, summary, printed.getvalue()

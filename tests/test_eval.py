@@ -106,7 +106,8 @@ def test_eval_files_against_pipeline_reference(workdir, weights_path, tmp_path):
   again = ivd_main.run(config, workdir)
   assert again['settings']['reference_cached']
   assert abs(again['fid']) < 1e-6 * saved['fid'], again['fid']
-  assert len(os.listdir(os.path.join(workdir, 'eval'))) == 3  # json, png, one cache
+  assert len(os.listdir(os.path.join(workdir, 'eval'))) == 4  # json, png, page, one cache
+  assert os.path.isfile(again['page']) and again['page'].endswith('.html')
 
 
 def test_truth_needs_the_test_split(workdir, weights_path, tmp_path):

@@ -9,6 +9,9 @@ from typing import Optional
 import ml_collections
 
 PRESETS = ('tiny', 'imagenet128', 'dogs128', 'elephants128', 'horses128')
+# Presets of the super-resolution network (role 'sr', configs/sr.py): the reference's two 256_128
+# networks and a small one on the procedural scenes.
+SR_PRESETS = ('tiny', 'imagenet256', 'singlecategory256')
 
 # Reference datasets (docs/method.md §9), used in the "missing dataset" message.
 DATASETS = {'imagenet128': 'ImageNet (1.28 M images, 1000 classes)',
@@ -80,6 +83,11 @@ def distributed_section() -> ml_collections.ConfigDict:
   # runs) is agreed at the next step by the service itself. 0 = never (one host's Ctrl-C is then
   # ignored by a multi-process run).
   d.stop_check_every_steps = 10
+  # The workdir lock (ivd_jax/io/lock.py) every writing mode holds: its holder rewrites the
+  # lock's heartbeat this often, and another host's lock whose heartbeat is older than
+  # lock_stale_after_s is taken over (a lock of this host is taken over as soon as its pid is gone).
+  d.lock_heartbeat_s = 60.0
+  d.lock_stale_after_s = 600.0
   return d
 
 
@@ -101,20 +109,25 @@ def model_section() -> ml_collections.ConfigDict:
   m.num_groups = 32
   m.dropout = 0.0
   m.dtype = 'float32'  # compute dtype; parameters are always float32
-  m.remat = False
+  # What each UNet block keeps for the backward pass: 'none' (all activations), 'dots' (conv and
+  # matmul outputs; norms and activations recomputed), 'full' (nothing; the block runs again).
+  m.remat = 'none'
+  m.attention = 'xla'  # 'xla' | 'cudnn' (fused flash attention: NVIDIA GPUs, bfloat16)
   return m
 
 
 def train_config(preset: Optional[str] = 'tiny', *, role: str = 'uncond'
                  ) -> ml_collections.ConfigDict:
-  """The full training configuration of network `role` ('uncond' = G_u, 'cond' = G_c)."""
+  """The full training configuration of network `role` ('uncond' = G_u, 'cond' = G_c,
+  'sr' = G_sr, whose presets are SR_PRESETS)."""
   preset = preset or 'tiny'
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; use one of {", ".join(PRESETS)}')
+  known = SR_PRESETS if role == 'sr' else PRESETS
+  if preset not in known:
+    raise ValueError(f'unknown preset {preset!r}; use one of {", ".join(known)}')
   config = ml_collections.ConfigDict()
   config.mode = 'train'
   config.preset = preset
-  config.role = role  # ivd_jax.roles: 'uncond' (G_u) | 'cond' (G_c)
+  config.role = role  # ivd_jax.roles: 'uncond' (G_u) | 'cond' (G_c) | 'sr' (G_sr)
   # G_c only: a G_u training workdir or exported params; its weights initialise G_c with the new
   # input channels zero (docs/method.md §6). '' = random initialisation.
   config.init_from = ''
@@ -170,6 +183,11 @@ def train_config(preset: Optional[str] = 'tiny', *, role: str = 'uncond'
   config.checkpoint.keep = 3  # latest checkpoints kept
   config.checkpoint.keep_every = 50_000  # plus every multiple of this (0 = none)
   config.checkpoint.async_save = True
+  # Resuming needs each process's input-iterator state (checkpoints/<step>/data/); when it is
+  # missing (deleted, or saved by another process count) the run stops with a ConfigError.
+  # True: resume anyway with the input order restarted from the beginning of the dataset (the
+  # run is then no longer bitwise equal to an uninterrupted one).
+  config.checkpoint.allow_fresh_data_order = False
 
   config.log = ml_collections.ConfigDict()
   config.log.every_steps = 100
@@ -183,7 +201,9 @@ def train_config(preset: Optional[str] = 'tiny', *, role: str = 'uncond'
     config.log[edit] = sampling[edit]
   config.log.tensorboard = True
 
-  if preset == 'tiny':
+  if role == 'sr':
+    sr_preset(config, preset)
+  elif preset == 'tiny':
     # Embedded procedural scenes at 32 px with a ~2.7 M-parameter UNet: trains on a laptop CPU.
     config.data.resolution = 32
     config.model.image_size = 32
@@ -222,6 +242,60 @@ def train_config(preset: Optional[str] = 'tiny', *, role: str = 'uncond'
       config.data.depth = 'midas'
       config.train.batch_size = 64  # 8 per GPU x 8
   return config
+
+
+def sr_preset(config: ml_collections.ConfigDict, preset: str) -> None:
+  """The numbers of super-resolution preset `preset` (SR_PRESETS) on a train_config.
+
+  The `sr` section: the low-resolution copy made in the train step (ivd_jax/roles/sr.py).
+  imagenet256 / singlecategory256 are the reference's rgbd_*_adm_256_128_small_sr configs
+  (docs/method.md §6: 105,714,052 / 105,202,052 parameters) with its recipe: batch 4 per GPU on
+  8 GPUs, AdamW 1e-4, EMA 0.9999, 1 M steps. tiny super-resolves the quickstart's 32 px views to
+  64 px on the procedural scenes.
+  """
+  config.sr = ml_collections.ConfigDict()
+  config.sr.low_resolution = 128
+  config.sr.blur_sigma_max = 1.0  # colour blur sigma ~ U(0, this) + 1e-3 (the reference)
+  # Previews sample like the independent SR stage: the copy enters through the network input
+  # only, no condition edits.
+  for edit in ('replace_rgb', 'replace_depth', 'constrain_depth'):
+    config.log[edit] = 0.0
+  m = config.model
+  if preset == 'tiny':
+    config.data.resolution = m.image_size = 64
+    config.sr.low_resolution = 32
+    m.model_channels = 32
+    m.channel_mult = (1, 2, 2)
+    m.num_res_blocks = 1
+    m.attention_resolutions = ()
+    m.num_head_channels = 32
+    config.train.num_steps = 2000
+    config.train.batch_size = 8
+    config.optim.lr = 1e-3
+    config.optim.warmup_steps = 50
+    config.optim.grad_clip = 1.0
+    config.optim.ema_decay = 0.999
+    config.optim.ema_warmup = True
+    config.checkpoint.every_steps = 500
+    config.checkpoint.keep_every = 0
+    config.log.every_steps = 50
+    config.log.sample_every_steps = 0
+    config.log.sample_steps = 25
+    return
+  config.data.source = 'folder'
+  config.data.depth = 'midas'
+  config.data.resolution = m.image_size = 256
+  m.model_channels = 128
+  m.channel_mult = (1, 1, 2, 3, 4)
+  m.num_res_blocks = 2
+  m.attention_resolutions = (64, 32, 16)
+  m.num_head_channels = 64
+  m.dtype = 'bfloat16'
+  config.train.num_steps = 1_000_000
+  config.train.batch_size = 32  # 4 per GPU x 8
+  config.checkpoint.keep_every = 50_000
+  if preset == 'imagenet256':
+    config.data.num_classes = m.num_classes = 1000
 
 
 def sample_section() -> ml_collections.ConfigDict:
@@ -290,7 +364,36 @@ def sample_section() -> ml_collections.ConfigDict:
   s.run_name = ''  # default: <viewset>_seed<seed>
   s.export = True
   s.ply_max_depth = 0.0  # drop points farther than this (0 = keep all)
+  # Grids, overview and orbit video: views enlarged (nearest neighbour) to at least this many
+  # pixels, so 32 px views are not thumbnails; the per-view PNGs keep the generated size.
+  s.grid_view_px = 128
   s.consistency = True
   s.consistency_neighbours = 0  # 0 = every ordered pair of views; k = only the k nearest cameras
+  # TSED (evaluation/tsed.py, Yu et al. 2023): the paper's 2 px / 10 matches at 256 px, the
+  # authors' COLMAP ratio test 0.8 and SIFT edge threshold 30; each view with its 2 nearest.
+  s.tsed, s.tsed_error, s.tsed_matches, s.tsed_resolution = True, 2.0, 10, 256
+  s.tsed_neighbours, s.tsed_ratio, s.tsed_edge = 2, 0.8, 30.0
+  s.tsed_sweep = (1.0, 2.0, 4.0, 8.0)  # TSED also at these T_error (px)
+  # Fused mesh per instance (sampling/mesh.py): TSDF of all views in mesh_bounds (world units;
+  # () = the lifted views' box, voxel coarsened to <= mesh_max_voxels), truncation in voxels.
+  # The default box holds the procedural scenes (wall z -1.6..-2.3) around the orbit centre.
+  s.mesh, s.mesh_voxel, s.mesh_truncation, s.mesh_max_voxels = True, 0.025, 3.0, 8_000_000
+  s.mesh_bounds = ((-1.6, -1.0, -2.6), (1.6, 1.0, 0.6))
+  s.mesh_frustum_size = 0.08  # planar depth of the camera frustums in cameras.ply
+  # Super-resolution stage after the view set (ivd_jax/sampling/superres.py): every view through
+  # G_sr with DDIM, written to samples/<run>/sr/. '' = no stage.
+  s.sr = ''  # a G_sr training workdir or exported params (e.g. a converted reference 256_128)
+  # 'consistent': view n's SR is pinned (condition edits) to the SR views before it, warped into
+  # its camera and aggregated, so only newly revealed pixels are free; 'independent': every view
+  # on its own.
+  s.sr_mode = 'consistent'
+  s.sr_steps = 50  # DDIM steps
+  s.sr_guidance = 3.0  # classifier-free guidance of class-conditional G_sr (the reference's)
+  s.sr_replace_rgb = 1.0  # edit weights of the warped SR views ('consistent'); 0 disables
+  s.sr_replace_depth = 1.0
+  s.sr_constrain_depth = 0.0
+  # Super-resolve the views of an earlier run (its views.npz, or the run folder) instead of
+  # sampling new ones: sample.uncond / sample.cond are then not needed.
+  s.sr_source = ''
   s.progress = True
   return s

@@ -13,7 +13,9 @@ and scores both with the 3D-consistency metric next to the true views of the sam
 (the ceiling). Re-running resumes every stage.
 
 Presets: `default` (G_u 1000 steps, G_c 400 steps from G_u, batch 8 at 32 px; 4 instances of 3x9
-+ 36-frame video per run), `smoke` (16 px, a minimal UNet, 2 steps of everything; the test's run).
++ 36-frame video per run), `smoke` (16 px, a minimal UNet, 2 steps of everything; the test's run),
+`pretrained` (no training: the demo G_u / G_c shipped in ivd_jax/pretrained/demo32, trained by
+this project on the procedural scenes, sample the default's two runs; README "The quickstart").
 
 Measured on the idle 2-core development CPU (jax 0.10.2, cold compile, 2026-11-25):
   12.5 min in all: prepare 9 s, G_u 364 s, G_c 181 s, full generation 128 s, novel views 64 s;
@@ -24,17 +26,24 @@ Measured on the idle 2-core development CPU (jax 0.10.2, cold compile, 2026-11-2
     novel views       21.0 dB / 0.948 / 0.395   (true view 0 of test-split scenes; 2026-12-01)
     true views        22.2 dB / 0.995 / 0.411   (ceiling, the same test-split scenes)
 """
+import pathlib
+
 import ml_collections
 
 from ivd_jax.configs import common
+
+# The demo networks inside the package (found from this file, so it works installed too):
+# ivd_jax/tools/export_demo.py wrote them from the training command in README "The quickstart".
+PRETRAINED_DIR = str(pathlib.Path(__file__).resolve().parents[1] / 'pretrained' / 'demo32')
+PRESETS = ('default', 'smoke', 'pretrained')
 
 
 def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
   """Preset `arg` of the quickstart."""
   preset = arg or 'default'
-  if preset not in ('default', 'smoke'):
-    raise ValueError(f"unknown preset {preset!r} of configs/quickstart.py; use 'default' or "
-                     "'smoke'")
+  if preset not in PRESETS:
+    raise ValueError(f'unknown preset {preset!r} of configs/quickstart.py; use one of '
+                     f'{", ".join(PRESETS)}')
   config = ml_collections.ConfigDict()
   config.mode = 'quickstart'
   # The two training stages: the `tiny` preset of configs/uncond.py and configs/cond.py sharing
@@ -56,7 +65,9 @@ def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
     stage.optim.lr = 1e-3
     # One checkpoint at the end (a stage resumes as a whole on this small run); no preview
     # grids: the sampled view sets are the pictures.
-    stage.checkpoint.every_steps = stage.train.get_ref('num_steps')
+    # `+ 0` makes a derived reference: it follows num_steps, but overriding every_steps no longer
+    # rewrites num_steps through the shared reference.
+    stage.checkpoint.every_steps = stage.train.get_ref('num_steps') + 0
     stage.log.sample_every_steps = 0
   # G_c starts from G_u's weights: the pipeline sets cond.init_from to WORKDIR/uncond.
   config.sample = common.sample_section()
@@ -99,6 +110,18 @@ def get_config(arg: str = 'default') -> ml_collections.ConfigDict:
   # them on the sampled view set's cameras.
   config.ceiling_scenes = 4
   config.data.novel_viewset = s.viewset
+  # '' trains G_u and G_c in WORKDIR; a folder with exported uncond/ and cond/ networks skips
+  # training and samples from them.
+  config.pretrained = ''
+
+  if preset == 'pretrained':
+    config.pretrained = PRETRAINED_DIR
+    # Prepare writes only what sampling reads: the test split's scenes for the novel views and
+    # the ceiling (and one training scene, prepare's minimum).
+    config.data.num_examples = 1
+    config.data.num_eval_examples = config.get_ref('ceiling_scenes')
+    s.run_name = 'pretrained_3x9'
+    config.novel.run_name = 'pretrained_novel_views'
 
   if preset == 'smoke':
     # Seconds of compute (the test's shrunk run): 16 px, a minimal UNet (one level, no attention,

@@ -92,6 +92,13 @@ def _text_lines(report: dict) -> list[str]:
     c = report['consistency']
     lines.append(f"3D consistency: PSNR {c['psnr']:.2f} dB, depth agreement "
                  f"{c['depth_agreement']:.3f}, co-visible {c['covisible']:.3f}")
+  if report.get('tsed'):
+    t = report['tsed']
+    parts = [f"{label} {t[key]['tsed']:.3f}" for key, label in (
+        ('generated', 'generated'), ('shuffled', 'shuffled'), ('true_views', 'true views'),
+        ('from_true_view_0', 'from true view 0')) if t.get(key)]
+    lines.append(f"TSED (T_error {t['settings']['error']:g} px at "
+                 f"{t['settings']['resolution']} px): " + ', '.join(parts))
   if report.get('truth'):
     t = report['truth']
     lines.append(f"truth: PSNR co-visible {t['psnr_covisible']:.2f} dB, revealed "

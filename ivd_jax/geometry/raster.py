@@ -251,7 +251,7 @@ def _zbuffer(splat: _Splat, inside: Optional[jnp.ndarray], dump: int
 
 
 def _resolve_payload(splat: _Splat, win_id, pattern, pay, diag_a, *, wv, nearest):
-  """Payload phase: hit, quad, triangle and payload [S^2, C] of each sub-pixel's winner."""
+  """Payload phase: hit, quad, triangle, grid position [S^2, 2] and payload [S^2, C] of winners."""
   num = splat.z.shape[0]
   hit = win_id < num
   win_id = jnp.where(hit, win_id, 0)
@@ -268,6 +268,7 @@ def _resolve_payload(splat: _Splat, win_id, pattern, pay, diag_a, *, wv, nearest
     wt = jnp.where(is_sub, (sub_t + wt) * h, wt)
     quad = jnp.where(is_sub, splat.refined[sub_row], quad)
   qr, qc = _divmod(quad, wv - 1)
+  grid = jnp.stack([qr.astype(jnp.float32) + wt, qc.astype(jnp.float32) + ws], -1)
   v00 = materialize(qr * wv + qc)
   if nearest:
     # Nearest texel of the interpolated texture coordinate, which on a pixel-grid mesh is the
@@ -279,16 +280,17 @@ def _resolve_payload(splat: _Splat, win_id, pattern, pay, diag_a, *, wv, nearest
                    jnp.maximum(ws + wt - 1.0, 0.0))[:, None]
     ws, wt = ws[:, None], wt[:, None]
     win_payload = p00 + ws * (p01 - p00) + wt * (p10 - p00) + wm * (p11 - p01 - p10 + p00)
-  return hit, quad, win_tri, jnp.where(hit[:, None], win_payload, 0.0)
+  return hit, quad, win_tri, grid, jnp.where(hit[:, None], win_payload, 0.0)
 
 
-def _centre_values(points, pay, diag_a, c_quad, c_tri, c_hit, c_win_payload, *, resolution, f,
-                   nearest) -> Tuple[jnp.ndarray, ...]:
+def _centre_values(points, pay, diag_a, c_quad, c_tri, c_hit, c_win_payload, c_win_grid, *,
+                   resolution, f, nearest) -> Tuple[jnp.ndarray, ...]:
   """Centre phase: each pixel's centre ray against its centre sub-pixel's winning triangle.
 
-  c_quad, c_tri, c_hit and c_win_payload describe the centre sub-pixels' winners [N^2, ...].
-  Returns the planar depth [N^2] and payload [N^2, C] (the winner's with `nearest`) where the ray
-  meets the triangle's plane, and ok [N^2]: where that is well defined (the depth is not else).
+  c_quad, c_tri, c_hit, c_win_payload and c_win_grid describe the centre sub-pixels' winners
+  [N^2, ...]. Returns the planar depth [N^2], payload [N^2, C] (the winner's with `nearest`) and
+  grid position [N^2, 2] where the ray meets the triangle's plane, and ok [N^2]: where that is
+  well defined (the depth is not else; payload and grid are then the winner's).
   """
   hv, wv = points.shape[:2]
   c_diag = diag_a.reshape(-1)[c_quad]
@@ -315,10 +317,13 @@ def _centre_values(points, pay, diag_a, c_quad, c_tri, c_hit, c_win_payload, *, 
   w = jnp.maximum(jnp.concatenate([wa, wb, 1.0 - wa - wb], -1), 0.0)
   w = w / jnp.maximum(jnp.sum(w, -1, keepdims=True), 1e-12)
   c_depth = -(w[:, 0] * a[:, 2] + w[:, 1] * b[:, 2] + w[:, 2] * c[:, 2])
+  vertex_grid = [jnp.stack(_divmod(i, wv), -1).astype(jnp.float32) for i in (ia, ib, ic)]
+  c_grid = w[:, :1] * vertex_grid[0] + w[:, 1:2] * vertex_grid[1] + w[:, 2:] * vertex_grid[2]
+  c_grid = jnp.where(ok[:, None], c_grid, c_win_grid)
   if nearest:
-    return c_depth, c_win_payload, ok
+    return c_depth, c_win_payload, c_grid, ok
   c_payload = w[:, :1] * pay[ia] + w[:, 1:2] * pay[ib] + w[:, 2:] * pay[ic]
-  return c_depth, jnp.where(ok[:, None], c_payload, c_win_payload), ok
+  return c_depth, jnp.where(ok[:, None], c_payload, c_win_payload), c_grid, ok
 
 
 def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
@@ -370,26 +375,29 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
                   clip_near=clip_near)
   inside = _centre_inside(tri0, tri1, splat, size=size, f=f) if centre_first else None
   zbuf, win_id = _zbuffer(splat, inside, size * size)
-  pay = payload.reshape(hv * wv, -1)
-  hit, quad, win_tri, win_payload = _resolve_payload(splat, win_id, pattern, pay, diag_a, wv=wv,
-                                                     nearest=nearest)
+  pay = payload.reshape((hv * wv,) + payload.shape[2:])
+  hit, quad, win_tri, grid, win_payload = _resolve_payload(splat, win_id, pattern, pay, diag_a,
+                                                           wv=wv, nearest=nearest)
   win_slot = materialize(quad * 2 + win_tri)
   pick = lambda per_tri: per_tri.reshape(-1)[win_slot] & hit
   out_flags = (jnp.stack([pick(triangle_all(fl, diag_a)) for fl in flags], -1) if flags
                else jnp.zeros((size * size, 0), bool))
   shape = (size, size)
   out = dict(depth=zbuf.reshape(shape), hit=hit.reshape(shape), front=pick(front).reshape(shape),
-             flags=out_flags.reshape(shape + (-1,)), payload=win_payload.reshape(shape + (-1,)))
+             flags=out_flags.reshape(shape + out_flags.shape[1:]),
+             payload=win_payload.reshape(shape + pay.shape[1:]),
+             grid=grid.reshape(shape + (2,)))
   # Exact values at the pixel centres (the centre sub-pixel's centre, as OpenGL samples it):
   # intersect the centre ray with the winning triangle's plane and interpolate there, so the
   # output depth and the intermediate image of forward_backward_warp carry no sub-pixel bias.
   centre = lambda x: centre_subpixel(x.reshape(shape + x.shape[1:]), ssaa).reshape(
-      (-1,) + x.shape[1:])
-  c_depth, c_payload, ok = _centre_values(points, pay, diag_a, centre(quad), centre(win_tri),
-                                          centre(hit), centre(win_payload),
-                                          resolution=resolution, f=f, nearest=nearest)
+      (resolution * resolution,) + x.shape[1:])
+  c_depth, c_payload, c_grid, ok = _centre_values(
+      points, pay, diag_a, centre(quad), centre(win_tri), centre(hit), centre(win_payload),
+      centre(grid), resolution=resolution, f=f, nearest=nearest)
   out['centre_depth'] = jnp.where(ok, c_depth, centre(zbuf)).reshape(resolution, resolution)
-  out['centre_payload'] = c_payload.reshape(resolution, resolution, -1)
+  out['centre_payload'] = c_payload.reshape((resolution, resolution) + pay.shape[1:])
+  out['centre_grid'] = c_grid.reshape(resolution, resolution, 2)
   return out
 
 

@@ -29,7 +29,7 @@ Vertices with NaN/inf depth produce no triangles at all, so they can never be vi
 output is finite. Everything works on single examples; use jax.vmap for batches.
 """
 import functools
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,7 @@ from ivd_jax import errors
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import depth as depth_lib
 from ivd_jax.geometry import raster
+from ivd_jax.geometry import resample
 
 # The first warp of a forward-backward warp extends the source image by this many pixels of
 # replicated border depth and colour. The reference pads by `resolution` pixels, but only the
@@ -200,13 +201,21 @@ def apply_transform(transform: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
   return points @ transform[:3, :3].T + transform[:3, 3]
 
 
+def _covered(out: Dict[str, jnp.ndarray]) -> jnp.ndarray:
+  """Sub-pixels [S, S] that show drawn, front-facing, uncut material."""
+  return out['hit'] & out['front'] & ~out['flags'][..., 0]
+
+
 def _resolve(out: Dict[str, jnp.ndarray], colour_channels: int, *, near: float, far: float,
-             ssaa: int, atol: float, rtol: float) -> Warped:
-  """docs/method.md §4 steps 4-5: coverage rule, mean colour, centre depth, depth_edge."""
-  covered = out['hit'] & out['front'] & ~out['flags'][..., 0]
+             ssaa: int, atol: float, rtol: float, colour: Optional[jnp.ndarray] = None
+             ) -> Warped:
+  """docs/method.md §4 steps 4-5: coverage rule, colour (default: the mean of the covered
+  sub-pixels' payload), centre depth, depth_edge."""
+  covered = _covered(out)
   count = downsample(covered.astype(jnp.float32), ssaa)
-  colour_sum = downsample(out['payload'][..., :colour_channels] * covered[..., None], ssaa)
-  colour = colour_sum / jnp.maximum(count, 1.0)[..., None]
+  if colour is None:
+    colour_sum = downsample(out['payload'][..., :colour_channels] * covered[..., None], ssaa)
+    colour = colour_sum / jnp.maximum(count, 1.0)[..., None]
   zbuf = depth_lib.zbuf_from_depth(out['centre_depth'], near, far)
   mask = (count > 0.75 * ssaa * ssaa) & depth_edge(zbuf, atol=atol, rtol=rtol)
   mask = mask[..., None].astype(jnp.float32)
@@ -260,6 +269,43 @@ def warp_rgbd(rgbd: jnp.ndarray, src_view: jnp.ndarray, dst_view: jnp.ndarray, *
   return _resolve(out, 3, near=near, far=far, ssaa=ssaa, atol=atol, rtol=rtol)
 
 
+class MidView(NamedTuple):
+  """The intermediate image of forward_backward_warp, in mid_view.
+
+  colour [N, N, 3] (the source colour resampled at each pixel centre), depth [N, N] (planar depth
+  at the centre; +inf where nothing was drawn) and hidden [N, N] (the centre shows back-facing
+  material: it occludes but is cut in the backward pass).
+  """
+  colour: jnp.ndarray
+  depth: jnp.ndarray
+  hidden: jnp.ndarray
+
+
+def forward_mid_view(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jnp.ndarray, *,
+                     near: float, far: float, fov_deg: float = 45.0) -> MidView:
+  """First pass of forward_backward_warp: src rendered into mid_view uncut, border extended."""
+  n = rgbd.shape[0]
+  b = FBW_BORDER
+  zb = rgbd[..., 3]
+  exists = jnp.isfinite(zb)
+  depth = jnp.where(exists, depth_lib.depth_from_zbuf(jnp.where(exists, zb, 0.5), near, far), 1.0)
+  edge_pad = lambda x: jnp.pad(x, ((b, b), (b, b)) + ((0, 0),) * (x.ndim - 2), mode='edge')
+  src_pts = grid_points(edge_pad(depth), fov_deg, n, border=b)
+  diag_a = shorter_diagonal(src_pts)
+  to_mid = relative_transform(src_view, mid_view)
+  # Colour is no payload of the render: the render reports where each pixel centre lands on the
+  # source grid (centre_grid) and the colour is resampled there (resample.py; the reference's
+  # nearest texel at 3x SSAA + Lanczos is sharper than linear interpolation, docs/method.md §4).
+  fwd = raster.render_mesh(apply_transform(to_mid, src_pts),
+                           jnp.zeros(src_pts.shape[:2] + (0,), jnp.float32), edge_pad(exists),
+                           [jnp.zeros(src_pts.shape[:2], bool)], resolution=n, fov_deg=fov_deg,
+                           ssaa=FBW_MID_SSAA, samples=FBW_MID_SAMPLES, diag_a=diag_a,
+                           centre_first=True)
+  colour = resample.sample_cubic(edge_pad(jnp.nan_to_num(rgbd[..., :3])), fwd['centre_grid'])
+  hidden = ~raster.centre_subpixel(fwd['hit'] & fwd['front'], FBW_MID_SSAA)
+  return MidView(colour=colour, depth=fwd['centre_depth'], hidden=hidden)
+
+
 def forward_backward_warp(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jnp.ndarray, *,
                           near: float, far: float, fov_deg: float = 45.0, ssaa: int = 3,
                           atol: float = 0.02, rtol: float = 0.02) -> Warped:
@@ -270,39 +316,33 @@ def forward_backward_warp(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jn
   """
   _check(rgbd, ssaa, near, far)
   n = rgbd.shape[0]
-  b = FBW_BORDER
-  zb = rgbd[..., 3]
-  exists = jnp.isfinite(zb)
-  depth = jnp.where(exists, depth_lib.depth_from_zbuf(jnp.where(exists, zb, 0.5), near, far), 1.0)
-  edge_pad = lambda x: jnp.pad(x, ((b, b), (b, b)) + ((0, 0),) * (x.ndim - 2), mode='edge')
-  src_pts = grid_points(edge_pad(depth), fov_deg, n, border=b)
-  diag_a = shorter_diagonal(src_pts)
-  to_mid = relative_transform(src_view, mid_view)
-  colour = edge_pad(jnp.nan_to_num(rgbd[..., :3]))
-  fwd = raster.render_mesh(apply_transform(to_mid, src_pts), colour, edge_pad(exists),
-                           [jnp.zeros(src_pts.shape[:2], bool)], resolution=n, fov_deg=fov_deg,
-                           ssaa=FBW_MID_SSAA, samples=FBW_MID_SAMPLES, diag_a=diag_a,
-                           centre_first=True)
-  # The mid view as an image: mean colour of the covered sub-pixels, centre sub-pixel depth.
-  # Pixels whose centre shows back-facing material stay as occluders but are flagged hidden.
-  covered = fwd['hit'] & fwd['front']
-  ssaa_mid = FBW_MID_SSAA
+  mid = forward_mid_view(rgbd, src_view, mid_view, near=near, far=far, fov_deg=fov_deg)
   # One stored array, colour and depth, so that no consumer re-computes the centre reads.
-  mid = raster.materialize(
-      jnp.concatenate([fwd['centre_payload'], fwd['centre_depth'][..., None]], -1))
-  mid_colour, mid_depth = mid[..., :3], mid[..., 3]
+  stored = raster.materialize(jnp.concatenate([mid.colour, mid.depth[..., None]], -1))
+  mid_colour, mid_depth = stored[..., :3], stored[..., 3]
   mid_exists = jnp.isfinite(mid_depth)
-  mid_hidden = ~raster.centre_subpixel(covered, ssaa_mid)
   mid_depth = jnp.where(mid_exists, mid_depth, 1.0)
 
   mid_pts = grid_points(mid_depth, fov_deg, n)
   mid_diag = shorter_diagonal(mid_pts)
-  flag = cut_flags(mid_depth, mid_diag, atol=atol, rtol=rtol) | mid_hidden
+  flag = cut_flags(mid_depth, mid_diag, atol=atol, rtol=rtol) | mid.hidden
   back_pts = apply_transform(relative_transform(mid_view, src_view), mid_pts)
   count = (n - 1) ** 2 // FBW_REFINE_SHARE
   refine = (_stretched_quads(back_pts, mid_exists, mid_diag, count, size=ssaa * n,
                              fov_deg=fov_deg) if count else None)
-  back = raster.render_mesh(back_pts, mid_colour, mid_exists, [flag], resolution=n,
-                            fov_deg=fov_deg, ssaa=ssaa, diag_a=mid_diag, nearest=True,
-                            refine=refine)
-  return _resolve(back, 3, near=near, far=far, ssaa=ssaa, atol=atol, rtol=rtol)
+  back = raster.render_mesh(back_pts, jnp.zeros((n, n, 0), jnp.float32), mid_exists, [flag],
+                            resolution=n, fov_deg=fov_deg, ssaa=ssaa, diag_a=mid_diag,
+                            nearest=True, refine=refine)
+  # The mid colour resampled where each pixel centre lands on the mid grid. A kept pixel whose
+  # centre sub-pixel is not covered (at most 2 of its 9 are not) takes the mean grid position of
+  # the covered ones among the 4 sub-pixels beside the centre (at least 3 of them are covered).
+  covered = _covered(back)
+  off = (ssaa - 1) // 2
+  beside = [(off, 0), (off, ssaa - 1), (0, off), (ssaa - 1, off)]
+  cov = [covered[r::ssaa, c::ssaa, None].astype(jnp.float32) for r, c in beside]
+  grid_beside = (sum(back['grid'][r::ssaa, c::ssaa] * w for (r, c), w in zip(beside, cov))
+                 / jnp.maximum(sum(cov), 1.0))
+  grid = jnp.where(raster.centre_subpixel(covered, ssaa)[..., None], back['centre_grid'],
+                   grid_beside)
+  return _resolve(back, 3, near=near, far=far, ssaa=ssaa, atol=atol, rtol=rtol,
+                  colour=resample.sample_cubic(mid_colour, grid))

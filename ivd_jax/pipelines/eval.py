@@ -18,11 +18,12 @@ Steps:
    computed once and cached in DIR/eval/reference_<key>.npz (evaluation.reference). The key
    covers the dataset, the image count and the weights, so a stale cache is never used.
 4. FID, IS (eval.is_splits splits; needs a weights file with the softmax layer), KID; 3D
-   consistency of the generated view sets (evaluation.consistency); on procedural data the error
-   of novel views generated from the true view 0 of the first eval.truth_scenes scenes of the
-   prepared 'test' split against that split's true novel views, on its cameras
+   consistency of the generated sets (evaluation.consistency and .tsed); on procedural data the
+   error of novel views generated from the true view 0 of the first eval.truth_scenes scenes of
+   the prepared 'test' split against that split's true novel views, on its cameras
    (evaluation.truth). These are read before anything compiles.
-5. Writes DIR/eval/<name>.json and DIR/eval/<name>.png (evaluation.report).
+5. Writes DIR/eval/<name>.json, DIR/eval/<name>.png (evaluation.report) and the results page
+   DIR/eval/<name>.html (evaluation.page).
 This module only wires the stages together: data and sampling produce arrays, evaluation scores
 them.
 """
@@ -46,13 +47,16 @@ from ivd_jax.data import records
 from ivd_jax.evaluation import consistency
 from ivd_jax.evaluation import fid
 from ivd_jax.evaluation import images as images_lib
+from ivd_jax.evaluation import page as page_lib
 from ivd_jax.evaluation import reference
 from ivd_jax.evaluation import report as report_lib
 from ivd_jax.evaluation import truth as truth_lib
 from ivd_jax.geometry import depth as depth_lib
+from ivd_jax.io import lock as lock_lib
 from ivd_jax.io import paths
 from ivd_jax.models import inception
 from ivd_jax.pipelines import sample as sample_pipeline
+from ivd_jax.pipelines import tsed_report
 from ivd_jax.sampling import generate
 from ivd_jax.sampling import sampler as sampler_lib
 from ivd_jax.sampling import viewsets
@@ -296,6 +300,7 @@ def _default_name(config: Any) -> str:
   return f'{s.viewset}_w{s.guidance:g}_n{e.num_images}_seed{s.seed}'
 
 
+@lock_lib.locks_workdir  # one writer per workdir
 def evaluate(config: Any, workdir: str) -> dict:
   """Mode 'eval' (see the module docstring). Returns the report written to DIR/eval/<name>.json."""
   e = config.eval
@@ -371,6 +376,11 @@ def evaluate(config: Any, workdir: str) -> dict:
   if truth is not None:
     report['truth'], truth_generated = _truth(config, workdir, truth, sampler)
 
+  report['tsed'] = None  # beside the pairwise figures (pipelines/tsed_report.py)
+  if e.consistency and gen.rgbd is not None and gen.views is not None:
+    report['tsed'] = tsed_report.eval_tsed(config.sample, gen.rgbd, gen.views, e.consistency_sets,
+                                           truth, truth_generated)
+
   report['timings'] = {'generate_s': gen.seconds, 'extract_s': extract_s,
                        'images_per_s': len(gen.images) / max(extract_s, 1e-9),
                        'total_s': time.perf_counter() - t_start}
@@ -381,6 +391,8 @@ def evaluate(config: Any, workdir: str) -> dict:
       report['png'] = report_lib.write_report_png(
           paths.join(out_dir, f"{report['name']}.png"), report, gen,
           truth_first=None if truth is None else truth.first, truth_generated=truth_generated)
+    report['page'] = page_lib.write_report_page(paths.join(out_dir, f"{report['name']}.html"),
+                                                report)
     report_lib.write_json(report['json'], report)
   logging.info('eval %s: FID %.3f, IS %s, KID %.5f', report['name'], report['fid'],
                report['inception_score'], report['kid'])

@@ -21,11 +21,13 @@ import jax
 from ivd_jax import checkpoint as ckpt_lib
 from ivd_jax.data import prepare as prepare_lib
 from ivd_jax.data import records
+from ivd_jax.io import lock as lock_lib
 from ivd_jax.io import paths
 
 SUMMARY_FILE = 'prepare_summary.json'
 
 
+@lock_lib.locks_workdir  # one writer per workdir
 def run(config, workdir: str, *, process_index: Optional[int] = None,
         process_count: Optional[int] = None) -> Dict[str, Any]:
   """Prepares the dataset of config.data and writes WORKDIR/prepare_summary.json.

@@ -3,8 +3,10 @@
   python -m ivd_jax.main --config=configs/sample.py:imagenet128 --workdir=DIR \
       --config.sample.uncond=GU --config.sample.cond=GC
 
-Writes DIR/samples/<run>/: manifest.json (settings, timings, pairwise consistency of the
-generated views), views.npz, overview.png and one folder per instance (sampling/export.py).
+Writes DIR/samples/<run>/: manifest.json (settings, timings, pairwise consistency and TSED of
+the generated views: pipelines/tsed_report.py), views.npz, overview.png, index.html (the results
+page, sampling/page.py) and one folder per instance (sampling/export.py; with sample.mesh the
+fused mesh.ply and cameras.ply).
 """
 import dataclasses
 import json
@@ -20,10 +22,15 @@ from ivd_jax import errors
 from ivd_jax import parallel
 from ivd_jax.evaluation import consistency
 from ivd_jax.io import jsonio
+from ivd_jax.io import lock as lock_lib
 from ivd_jax.io import paths
+from ivd_jax.pipelines import superres as superres_stage
+from ivd_jax.pipelines import tsed_report
 from ivd_jax.sampling import export
 from ivd_jax.sampling import generate
+from ivd_jax.sampling import mesh as mesh_lib
 from ivd_jax.sampling import networks
+from ivd_jax.sampling import page as sample_page
 from ivd_jax.sampling import photo
 from ivd_jax.sampling import sampler as sampler_lib
 from ivd_jax.sampling import settings as settings_lib
@@ -88,12 +95,14 @@ def _export_instances(out_dir: str, s: Any, result: generate.ViewSetResult, pose
           cond_rgbd=result.cond_rgbd[k], cond_mask=result.cond_mask[k],
           cond_mask_rgb=result.cond_mask_rgb[k], near=s.near, far=s.far, fov_deg=s.fov_deg,
           video=None if fused is None else export.fusion_video(fused[k]), fps=s.fps,
-          ply_max_depth=s.ply_max_depth or None)
+          ply_max_depth=s.ply_max_depth or None, grid_view_px=s.grid_view_px,
+          mesh=mesh_lib.MeshSettings.from_config(s))
       entry['dir'] = name
     instances.append(entry)
   return instances
 
 
+@lock_lib.locks_workdir  # one writer per workdir
 def sample_and_export(config: Any, workdir: str, *,
                       first_rgbd: Optional[np.ndarray] = None) -> dict:
   """The `sample` mode: generates view sets and writes DIR/samples/<run>/.
@@ -109,8 +118,11 @@ def sample_and_export(config: Any, workdir: str, *,
   """
   s = config.sample
   _validate(s)
+  if s.sr_source:  # super-resolve an earlier run's views only (pipelines/superres.py)
+    return superres_stage.from_source(config, workdir)
   from_photo = bool(s.source_image) or first_rgbd is not None
   sampler, info = build_sampler(s, config.mesh, need_uncond=not from_photo)
+  sr = superres_stage.Stage(config) if s.sr else None
   ids = np.arange(s.num_instances)
   poses, views = viewsets.viewset_views(s.viewset, seed=s.seed, instance_ids=ids,
                                         num_frames=s.num_frames, custom_poses=s.custom_poses)
@@ -152,14 +164,23 @@ def sample_and_export(config: Any, workdir: str, *,
         result.rgbd, result.views, near=s.near, far=s.far, fov_deg=s.fov_deg, ssaa=s.ssaa,
         atol=s.atol, rtol=s.rtol, neighbours=s.consistency_neighbours or None)
     manifest['timings']['consistency_s'] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  manifest['tsed'] = tsed_report.tsed_report(result.rgbd, result.views, s, name='generated')
+  manifest['timings']['tsed_s'] = time.perf_counter() - t0
+  if sr is not None:  # the super-resolution stage: DIR/samples/<run>/sr/
+    manifest['sr'] = sr.run(out_dir, low_rgbd=result.rgbd, views=result.views,
+                            labels=result.labels, instance_ids=result.instance_ids,
+                            data_encoding=(info['data_near'], info['data_far']))
   if jax.process_index() != 0:  # process 0 alone writes the files; the others wait for it
     ckpt_lib.wait_for_all_processes('ivd_jax:sample_export', timeout_s=_EXPORT_TIMEOUT_S)
     return dict(manifest, dir=out_dir, instances=[])
   manifest['instances'] = _export_instances(out_dir, s, result, poses, fused)
   if s.export:
     export.export_run(out_dir, rgbd=result.rgbd, views=result.views, labels=result.labels,
-                      instance_ids=result.instance_ids)
+                      instance_ids=result.instance_ids, grid_view_px=s.grid_view_px)
   jsonio.write_manifest(paths.join(out_dir, 'manifest.json'), manifest)
+  if s.export:
+    logging.info('results page: %s', sample_page.write_run_page(out_dir, manifest))
   logging.info('wrote %s (consistency %s)', out_dir, json.dumps(manifest['consistency']))
   manifest['dir'] = out_dir
   ckpt_lib.wait_for_all_processes('ivd_jax:sample_export', timeout_s=_EXPORT_TIMEOUT_S)

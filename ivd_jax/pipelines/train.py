@@ -32,6 +32,7 @@ from ivd_jax import parallel
 from ivd_jax import roles
 from ivd_jax.data import pipeline
 from ivd_jax.data import records
+from ivd_jax.io import lock as lock_lib
 from ivd_jax.pipelines import prepare as prepare_pipeline
 from ivd_jax.training import checks
 from ivd_jax.training import state as state_lib
@@ -47,10 +48,15 @@ class NonFiniteError(errors.UserError):
 # Setup: quiet library logs, the resolved config, the dataset.
 # =============================================================================================
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO records of orbax (a dozen lines per save) so the run's own log stays readable."""
+  """Drops INFO records of orbax (a dozen lines per save) so the run's own log stays readable,
+  and the tracebacks that orbax's background threads and their asyncio tasks log (a failed save,
+  e.g. on a full disk, reaches the caller as the exception itself; main makes that one line)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+    if '/orbax/' not in record.pathname and record.name != 'asyncio':
+      return True
+    record.exc_info, record.exc_text = None, None
+    return record.levelno >= std_logging.WARNING
 
 
 def _quiet_library_logs() -> None:
@@ -161,18 +167,57 @@ def _fetch(tree: Any) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(tree).items()}
 
 
+def check_input_state(config: ml_collections.ConfigDict, checkpointer: ckpt_lib.Checkpointer,
+                      step: int, missing: bool) -> None:
+  """A resume without this process's input-iterator state is a ConfigError unless
+  config.checkpoint.allow_fresh_data_order (then the input order restarts, with a warning).
+
+  Every process gives the same answer (each reads its own file).
+  """
+  flags = [missing]
+  if jax.process_count() > 1:
+    flags = list(np.asarray(multihost_utils.process_allgather(np.int32(missing))))
+  missing_on = [i for i, f in enumerate(flags) if f]
+  if not missing_on:
+    return
+  saved, count = checkpointer.data_state_files(step), jax.process_count()
+  where = f'{checkpointer.directory}/{step}/data'
+  if saved and not any(name.endswith(f'-of-{count}.json') for name in saved):
+    why = (f'{where} was saved by another process count ({", ".join(saved)}) and this run has '
+           f'{count}; per-process iterator states cannot be remapped')
+  else:
+    why = (f'{where} lacks the input-iterator state of process {missing_on} (it holds '
+           f'{", ".join(saved) or "no file"})')
+  if not config.checkpoint.allow_fresh_data_order:
+    raise errors.ConfigError(
+        'checkpoint.allow_fresh_data_order', f'step {step} cannot resume its input order: {why}',
+        'put the missing files back (or resume with the process count that saved them), or set '
+        '--config.checkpoint.allow_fresh_data_order=True to resume with the input order '
+        'restarted from the beginning of the dataset')
+  logging.warning('%s: resuming step %d with the input order restarted from the beginning of '
+                  'the dataset (checkpoint.allow_fresh_data_order)', why, step)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains G_u or G_c as configured; resumes from WORKDIR/checkpoints when present.
+
+  Holds the workdir lock (ivd_jax/io/lock.py) from the first write to the last.
 
   Returns:
     The last logged metrics plus 'step' and 'stopped' ('finished' | signal name).
   """
-  # ----------------------------------------------------------------------- setup
   _quiet_library_logs()
   config = resolve_config(config, workdir)
   checks.validate_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
-  is_main = jax.process_index() == 0
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or a bucket (gs://...)
+  with lock_lib.hold_for(config, workdir):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """train_and_evaluate once the config is checked and the workdir is this run's."""
+  # ----------------------------------------------------------------------- setup
+  is_main = jax.process_index() == 0
   ensure_dataset(config, workdir)
   role = roles.role_of(config)
   name = role.title
@@ -198,11 +243,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if checkpointer.latest_step() is not None:
       abstract = ckpt_lib.abstract_state_like(state)
       del state  # free the fresh state before restoring onto the same shardings
+      # Damaged newer steps are moved aside (and saved again when training reaches them).
       state, data_state, _, restored_step = checkpointer.restore(abstract)
       logging.info('%s: resumed from step %d', name, restored_step)
-      if data_state is None:
-        logging.warning('the checkpoint has no input state for %d processes: the input order '
-                        'restarts from the beginning of the dataset', jax.process_count())
+      check_input_state(config, checkpointer, restored_step, missing=data_state is None)
     elif config.init_from:
       params = step_lib.params_from_init_from(config, state.params)
       state, _ = step_lib.init_state(model, tx, config, mesh, params=params)
@@ -221,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # --------------------------------------------------------------------- input
     input_iter = pipeline.create_input_iterator(
         config.data, global_batch_size=config.train.batch_size, mesh=mesh, seed=config.train.seed)
-    if data_state is not None:
+    if data_state:
       input_iter.set_state(data_state)
 
     # --------------------------------------------------------------------- step
@@ -239,7 +283,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def save(step):
       nonlocal last_saved
-      checkpointer.save(step, state, data_state=input_iter.get_state(), config=config)
+      try:  # a state holding NaN/inf is never written
+        checkpointer.save(step, state, data_state=input_iter.get_state(), config=config)
+      except ckpt_lib.NonFiniteState as e:
+        raise NonFiniteError(f'{e}. Fix: lower optim.lr, set optim.grad_clip (e.g. 1.0) or use '
+                             'model.dtype=float32, then rerun the same command to resume from '
+                             'the last checkpoint') from None
       last_saved = step
 
     # --------------------------------------------------------------------- loop

@@ -3,8 +3,9 @@
 A role is the one place that knows a network's input channel layout, how a training example
 becomes that input, which metrics its loss splits into, and how it is initialised from another
 role's weights. The train step, sampling and checkpoint loading ask the role of a config
-(`role_of`) and never look at channel counts. A new network (e.g. 128 -> 256 super-resolution)
-is a new entry in ROLES, not a new `if` in each stage. See docs/method.md ("Networks").
+(`role_of`) and never look at channel counts. A new network is a new entry in ROLES, not a new
+`if` in each stage: G_u, G_c and the 128 -> 256 super-resolution network G_sr (`sr`). See
+docs/method.md ("Networks").
 """
 import dataclasses
 from typing import Any, Callable, Mapping, Optional
@@ -16,6 +17,7 @@ from ivd_jax import errors
 from ivd_jax.diffusion import conditioning
 from ivd_jax.models import unet as unet_lib
 from ivd_jax.roles import pairs as pairs_lib
+from ivd_jax.roles import sr as sr_lib
 
 # The condition a role is trained on, made from a clean training batch:
 # (x0 [B, H, W, 4] in [-1, 1], key, config) -> dict of arrays. None for unconditioned roles.
@@ -95,7 +97,10 @@ COND = Role(name='cond', title='G_c',
             layout=(('x_t', 4), ('mask_rgb', 1), ('y_rgb', 3), ('y_depth', 1), ('mask', 1)),
             network_input=_with_condition, make_condition=_training_pair,
             metrics=_visible_and_hole_losses, init_from='uncond')
-ROLES = {r.name: r for r in (UNCOND, COND)}
+# [x_t, the low-resolution copy upsampled bilinearly]; trained from scratch like the reference's.
+SR = Role(name='sr', title='G_sr', layout=(('x_t', 4), ('y_rgb', 3), ('y_depth', 1)),
+          network_input=sr_lib.network_input, make_condition=sr_lib.training_condition)
+ROLES = {r.name: r for r in (UNCOND, COND, SR)}
 
 
 def get(name: str) -> Role:

@@ -9,11 +9,13 @@ import numpy as np
 
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import depth as depth_lib
+from ivd_jax.io import glb
 from ivd_jax.io import images
 from ivd_jax.io import npz
 from ivd_jax.io import paths
 from ivd_jax.io import ply
 from ivd_jax.io import video as video_io
+from ivd_jax.sampling import mesh as mesh_lib
 
 
 def fused_point_cloud(rgbds: np.ndarray, views: np.ndarray, *, near: float, far: float,
@@ -54,13 +56,17 @@ def export_instance(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray,
                     cond_mask_rgb: Optional[np.ndarray] = None, near: float, far: float,
                     fov_deg: float, grid_cols: Optional[int] = None,
                     video: Optional[np.ndarray] = None, fps: float,
-                    ply_max_depth: Optional[float] = None) -> dict[str, Any]:
+                    ply_max_depth: Optional[float] = None, grid_view_px: int = 0,
+                    mesh: Optional[mesh_lib.MeshSettings] = None) -> dict[str, Any]:
   """Writes everything for one generated instance into `out_dir`.
 
   Files: view_XX_rgb.png, view_XX_depth.png, view_XX_cond.png (condition colour beside its
-  colourised condition depth, holes black), grid_rgb.png and grid_depth.png (all views),
-  orbit.gif / orbit.mp4 (when `video` is given), points.ply (all views fused in world space),
-  arrays.npz (rgbd, views and the conditions).
+  colourised condition depth, holes black) at the generated size; grid_rgb.png and
+  grid_depth.png (all views), grid_cond.png and grid_mask.png (the condition colour G_c was
+  given, holes black, and its mask, white where warped content exists; view 0's is empty),
+  enlarged to `grid_view_px`; orbit.gif / orbit.mp4 (when `video` is given, enlarged alike),
+  points.ply (all views fused in world space), with `mesh` mesh.ply (+ mesh.glb with trimesh)
+  and cameras.ply (export_mesh), arrays.npz (rgbd, views and the conditions).
 
   Args:
     out_dir: the instance folder.
@@ -74,6 +80,9 @@ def export_instance(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray,
     video: optional [T, H, W, 3] fusion-rendered orbit frames (fusion_video).
     fps: video frame rate.
     ply_max_depth: optional linear-depth cut-off for the point cloud.
+    grid_view_px: views in the grids and video frames are enlarged (nearest neighbour, an
+      integer factor) to at least this many pixels; 0 keeps the generated size.
+    mesh: optional settings of the fused mesh (None: no mesh).
 
   Returns:
     dict of the written paths (relative to out_dir) and the point count.
@@ -99,18 +108,27 @@ def export_instance(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray,
       images.save_png(paths.join(out_dir, entry['cond']), cond_picture)
     files['views'].append(entry)
   cols = grid_cols or (9 if num_views == 27 else min(num_views, 8))
-  images.save_png(paths.join(out_dir, 'grid_rgb.png'),
-                  images.image_grid(images.to_uint8(rgbd[..., :3]), cols))
-  images.save_png(paths.join(out_dir, 'grid_depth.png'),
-                  images.image_grid(images.colourise_depth(rgbd[..., 3]), cols))
-  files['grid_rgb'], files['grid_depth'] = 'grid_rgb.png', 'grid_depth.png'
+  grids = {'grid_rgb': images.to_uint8(rgbd[..., :3]),
+           'grid_depth': images.colourise_depth(rgbd[..., 3])}
+  if cond_rgbd is not None and cond_mask is not None:
+    m_rgb = cond_mask_rgb if cond_mask_rgb is not None else cond_mask
+    grids['grid_cond'] = images.to_uint8(np.asarray(cond_rgbd)[..., :3] * m_rgb)
+    grids['grid_mask'] = images.to_uint8(np.repeat(np.asarray(cond_mask)[..., :1], 3, -1))
+  for name, tiles in grids.items():
+    images.save_png(paths.join(out_dir, f'{name}.png'),
+                    images.image_grid(enlarge(tiles, grid_view_px), cols))
+    files[name] = f'{name}.png'
   if video is not None:
-    written = video_io.save_video(paths.join(out_dir, 'orbit'), video, fps=fps)
+    written = video_io.save_video(paths.join(out_dir, 'orbit'), enlarge(video, grid_view_px),
+                                  fps=fps)
     files.update({k: paths.basename(p) for k, p in written.items()})
   points, colours = fused_point_cloud(rgbd, views, near=near, far=far, fov_deg=fov_deg,
                                       max_depth=ply_max_depth)
   ply.save_ply(paths.join(out_dir, 'points.ply'), points, colours)
   files['ply'], files['num_points'] = 'points.ply', int(points.shape[0])
+  if mesh is not None:
+    files.update(export_mesh(out_dir, rgbd=rgbd, views=views, near=near, far=far,
+                             fov_deg=fov_deg, settings=mesh)[0])
   arrays = {'rgbd': rgbd, 'views': np.asarray(views, np.float32)}
   if cond_rgbd is not None:
     arrays['cond_rgbd'] = np.asarray(cond_rgbd, np.float32)
@@ -123,6 +141,37 @@ def export_instance(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray,
   return files
 
 
+def enlarge(tiles: np.ndarray, min_px: int) -> np.ndarray:
+  """[N, H, W, C] pictures enlarged by the integer factor that makes H >= min_px (nearest
+  neighbour: a 32 px view becomes a sharp 128 px one, not a blur); min_px 0 keeps them."""
+  factor = max(1, -(-int(min_px) // tiles.shape[1])) if min_px else 1
+  return np.asarray(tiles).repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def export_mesh(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray, near: float, far: float,
+                fov_deg: float, settings: mesh_lib.MeshSettings
+                ) -> tuple[dict[str, Any], mesh_lib.Mesh]:
+  """Writes mesh.ply (TSDF fusion of all views, sampling/mesh.py), mesh.glb when trimesh is
+  installed, and cameras.ply (the views' frustums, view 0 red).
+
+  Returns:
+    (dict of the written paths (relative to out_dir), the mesh's vertex / face counts and
+    grid; the mesh).
+  """
+  paths.makedirs(out_dir)
+  fused, grid = mesh_lib.fused_mesh(rgbd, views, near=near, far=far, fov_deg=fov_deg,
+                                    settings=settings)
+  ply.save_mesh_ply(paths.join(out_dir, 'mesh.ply'), *fused)
+  frustums, edges = mesh_lib.camera_frustums(views, fov_deg=fov_deg, size=settings.frustum_size)
+  ply.save_mesh_ply(paths.join(out_dir, 'cameras.ply'), *frustums, edges=edges)
+  files = {'mesh': 'mesh.ply', 'cameras': 'cameras.ply', 'mesh_vertices': len(fused.vertices),
+           'mesh_faces': len(fused.faces), 'mesh_grid': grid}
+  if glb.AVAILABLE and len(fused.faces):
+    glb.save_mesh_glb(paths.join(out_dir, 'mesh.glb'), *fused)
+    files['mesh_glb'] = 'mesh.glb'
+  return files, fused
+
+
 def fusion_video(frames: np.ndarray) -> np.ndarray:
   """Fused frames [T, H, W, 4] in [0, 1] -> uint8 [T, H, 2W, 3]: colour beside its depth."""
   return np.concatenate([images.to_uint8(frames[..., :3]),
@@ -130,11 +179,12 @@ def fusion_video(frames: np.ndarray) -> np.ndarray:
 
 
 def export_run(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray, labels: np.ndarray,
-               instance_ids: np.ndarray, overview_views: int = 9) -> dict[str, str]:
+               instance_ids: np.ndarray, overview_views: int = 9,
+               grid_view_px: int = 0) -> dict[str, str]:
   """Writes the files of a whole run beside its instance folders.
 
   Files: views.npz (rgbd, views, labels, instance_ids of every instance) and overview.png (one
-  row per instance with its first `overview_views` views).
+  row per instance with its first `overview_views` views, enlarged to `grid_view_px`).
 
   Args:
     out_dir: the run folder.
@@ -143,6 +193,7 @@ def export_run(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray, labels: np.
     labels: [N] class labels.
     instance_ids: [N].
     overview_views: views per row of the overview.
+    grid_view_px: views of the overview are enlarged (nearest) to at least this many pixels.
 
   Returns:
     dict of the written paths (relative to out_dir).
@@ -153,5 +204,5 @@ def export_run(out_dir: str, *, rgbd: np.ndarray, views: np.ndarray, labels: np.
   cols = min(rgbd.shape[1], overview_views)
   tiles = rgbd[:, :cols, ..., :3].reshape((-1,) + rgbd.shape[2:4] + (3,))
   images.save_png(paths.join(out_dir, 'overview.png'),
-                  images.image_grid(images.to_uint8(tiles), cols))
+                  images.image_grid(enlarge(images.to_uint8(tiles), grid_view_px), cols))
   return {'npz': 'views.npz', 'overview': 'overview.png'}

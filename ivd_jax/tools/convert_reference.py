@@ -9,7 +9,9 @@ Command line (torch is needed only to read a .pt file; an .npz of arrays works w
       --out /path/to/exported_params
 
 `config.json` is the reference's training config (the UNet arguments under backbone.args) or the
-bare constructor arguments. A .pt file is read with torch.load(weights_only=True): tensors and
+bare constructor arguments. The exported config names the network's role from its input channels
+(4: G_u, 10: G_c, 8: the 256_128 super-resolution G_sr, whose low resolution is read from the
+config's dataset.args.image_size_lr, else half the image size). A .pt file is read with torch.load(weights_only=True): tensors and
 plain containers only, nothing in it runs. A legacy checkpoint that pickles other Python objects
 is refused; --allow_pickle reads it with full unpickling, which runs whatever code the file
 names -- only for a file from a source you trust. The output is a params-only checkpoint written with
@@ -32,6 +34,7 @@ import numpy as np
 from flax import traverse_util
 
 from ivd_jax import checkpoint
+from ivd_jax import roles
 from ivd_jax.errors import UserError
 from ivd_jax.models import unet as unet_lib
 from ivd_jax.models.unet import UNet
@@ -192,6 +195,22 @@ def model_config(model: UNet) -> ml_collections.ConfigDict:
       'dtype': model.dtype, 'remat': model.remat})
 
 
+def export_config(model: UNet, reference_config: Optional[Mapping[str, Any]] = None
+                  ) -> ml_collections.ConfigDict:
+  """The config saved with converted params: `model`, the `role` its input channels name (none
+  for a channel count no role has) and, for G_sr, `sr.low_resolution` (the reference config's
+  dataset.args.image_size_lr, else half the image size: the reference's SR is 256_128)."""
+  config = ml_collections.ConfigDict({'model': model_config(model)})
+  matching = [r for r in roles.ROLES.values() if r.in_channels == model.in_channels]
+  if matching:
+    config.role = matching[0].name
+  if matching and matching[0] is roles.SR:
+    dataset = (reference_config or {}).get('dataset') or {}
+    low = (dataset.get('args') or {}).get('image_size_lr') or model.image_size // 2
+    config.sr = ml_collections.ConfigDict({'low_resolution': int(low)})
+  return config
+
+
 def _reference_kwargs(config: Mapping[str, Any]) -> Mapping[str, Any]:
   if 'backbone' in config:
     return config['backbone'].get('args', config['backbone'])
@@ -255,12 +274,13 @@ def main(argv: Optional[list] = None) -> int:
       raise UserError(f'--{flag} {getattr(args, flag)} does not exist. Fix: pass the path of '
                       f'the reference {flag} file.')
   with open(args.config) as f:
-    kwargs = _reference_kwargs(json.load(f))
+    reference_config = json.load(f)
+  kwargs = _reference_kwargs(reference_config)
   model, params = from_state_dict(_load_state_dict(args.checkpoint, args.allow_pickle), kwargs)
   if args.widen_to:
     params = unet_lib.widen_input(params, args.widen_to)
     model = model.clone(in_channels=args.widen_to)
-  config = ml_collections.ConfigDict({'model': model_config(model)})
+  config = export_config(model, reference_config)
   checkpoint.save_params(args.out, params, config)
   count = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(params))
   print(f'wrote {count} parameters to {args.out}')

@@ -1,6 +1,6 @@
 """The train step of any network role, its initial state and its initial parameters.
 
-The step is pure and unjitted: pipelines/train.py jits it with the state's shardings and donates
+The step is pure and unjitted; jit_train_step jits it with the state's shardings and donates
 the state. The role (ivd_jax.roles) decides what the network sees; the loss is the eps MSE of
 docs/method.md §7 for every role.
 """
@@ -86,10 +86,21 @@ def make_train_step(model: unet_lib.UNet, tx: optax.GradientTransformation,
   return train_step
 
 
-def init_state(model: unet_lib.UNet, tx: optax.GradientTransformation,
-               config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-               params: Optional[Any] = None) -> tuple[state_lib.TrainState, Any]:
-  """A sharded fresh state (random or given params) and the state's shardings."""
+def jit_train_step(model: unet_lib.UNet, tx: optax.GradientTransformation,
+                   config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                   state_shardings: Any) -> Callable[..., Any]:
+  """make_train_step jitted as training runs it: the state sharded by the rule table, the batch
+  over both mesh axes, and the state donated, so the new state reuses the old one's buffers and
+  a step never holds two copies of parameters, EMA and optimizer moments."""
+  batch = parallel.batch_sharding(mesh)
+  return jax.jit(make_train_step(model, tx, config),
+                 in_shardings=(state_shardings, {'rgbd': batch, 'label': batch}),
+                 out_shardings=(state_shardings, parallel.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+def _state_fn(model: unet_lib.UNet, tx: optax.GradientTransformation,
+              config: ml_collections.ConfigDict) -> Callable[[Any], state_lib.TrainState]:
   res = config.model.image_size
   key = jax.random.PRNGKey(config.train.seed)
   init_key, state_key = jax.random.split(key)
@@ -101,9 +112,26 @@ def init_state(model: unet_lib.UNet, tx: optax.GradientTransformation,
       p = model.init(init_key, x, jnp.zeros((1,), jnp.int32), labels)['params']
     return state_lib.create_train_state(p, tx, state_key)
 
-  abstract = jax.eval_shape(create, params)
+  return create
+
+
+def state_shapes(model: unet_lib.UNet, tx: optax.GradientTransformation,
+                 config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                 ) -> tuple[state_lib.TrainState, Any]:
+  """The fresh state's shapes (ShapeDtypeStructs) and shardings, computing nothing: what an
+  ahead-of-time compile for another machine (benchmarks/fit.py) lowers the step with."""
+  abstract = jax.eval_shape(_state_fn(model, tx, config), None)
   shardings = parallel.tree_shardings(
       mesh, abstract, config.mesh.get('fsdp_min_size', parallel.MIN_SHARDED_SIZE))
+  return abstract, shardings
+
+
+def init_state(model: unet_lib.UNet, tx: optax.GradientTransformation,
+               config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               params: Optional[Any] = None) -> tuple[state_lib.TrainState, Any]:
+  """A sharded fresh state (random or given params) and the state's shardings."""
+  create = _state_fn(model, tx, config)
+  _, shardings = state_shapes(model, tx, config, mesh)
   if params is not None:
     params = jax.device_put(params, shardings.params)
   return jax.jit(create, out_shardings=shardings)(params), shardings
