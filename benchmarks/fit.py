@@ -18,10 +18,13 @@ Per device and fsdp size it prints the parameter bytes (params + EMA), optimizer
 moments), the input batch, activations and temporaries, and the largest batch per device that
 fits `--usable` of the device memory. Activations are what grows with the batch: XLA's temporary
 bytes are compiled at two batches per device (the recipe's, global batch / devices, and twice
-that) and extrapolated linearly, temp(b) = temporaries + b * activations per example; one more
-compilation at the predicted largest batch of each target checks the extrapolation
-(`check_*` fields). One JSON line per compilation and per (target, fsdp); `--markdown` adds a
-table.
+that) for the first fsdp size of a target and extrapolated linearly, temp(b) = temporaries +
+b * activations per example; the other fsdp sizes compile the recipe batch only and take the
+activations per example from the first (they do not depend on how parameters are sharded;
+`--two_points` compiles both batches for every size). Compilations at the predicted largest
+batch check the extrapolation (`check_*` fields; `--max_checks`). One JSON line per compilation
+and per (target, fsdp); `--markdown` adds a table. A 421 M step takes minutes to compile on a
+small host; compilations are cached in `--cache_dir`, so a rerun only compiles what is new.
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # TPU targets are compile-only devices
+# Compiling for a described slice uses no TPU: libtpu's one-process-per-host lock is not needed.
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
@@ -179,26 +184,38 @@ def extrapolate(lo: dict, hi: dict, plan: Plan, usable_bytes: float) -> dict:
 
 
 def plan_target(name: str, size: str, role: str, fsdps: tuple, usable: float,
-                out: Any, check: bool = True, cache: Optional[dict] = None) -> list[dict]:
+                out: Any, max_checks: int = 3, cache: Optional[dict] = None,
+                two_points: bool = False) -> list[dict]:
   """Every fsdp size of one target; returns the summary rows (also printed)."""
   target = TARGETS[name]
   devices = target_devices(target)
   usable_bytes = usable * target.memory_gib * GIB
   cache = {} if cache is None else cache  # GPU estimates share compilations
-  rows = []
+  rows, slope = [], None
   for fsdp in fsdps:
     config = fit_config(size, role, fsdp, len(devices))
     plan = Plan(config, devices)
     recipe = max(1, config.train.batch_size // len(devices))
     compiled = []
-    for bpd in (recipe, 2 * recipe):
+    for bpd in (recipe, 2 * recipe) if two_points or slope is None else (recipe,):
       key = (target.kind, len(devices), size, role, fsdp, bpd)
       if key not in cache or target.kind == 'tpu':
         cache[key] = plan.compile(bpd)
       compiled.append(cache[key])
       print(json.dumps(dict(target=name, fsdp=fsdp, kind='compile', role=role, **cache[key])),
             file=out, flush=True)
-    lo, hi = compiled
+    lo = compiled[0]
+    if len(compiled) == 2:
+      hi = compiled[1]
+      if 'error' not in lo and 'error' not in hi:
+        slope = (hi['peak_bytes'] - lo['peak_bytes']) / (hi['batch_per_device'] - recipe)
+    elif 'error' not in lo:  # a point on the line with the first fsdp size's slope
+      hi = dict(lo, batch_per_device=2 * recipe, peak_bytes=int(lo['peak_bytes'] + slope * recipe),
+                temp_bytes=int(lo['temp_bytes'] + (slope - plan.example_bytes) * recipe),
+                argument_bytes=lo['argument_bytes'] + recipe * plan.example_bytes,
+                extrapolated=True)
+    else:
+      hi = lo
     summary = dict(target=name, description=target.name, role=role, size=size, fsdp=fsdp,
                    mesh=list(config.mesh.shape), devices=len(devices),
                    params=state_lib.param_count(plan.abstract.params),
@@ -214,31 +231,67 @@ def plan_target(name: str, size: str, role: str, fsdps: tuple, usable: float,
       summary.update(activation_bytes=int(ext['activation_bytes_per_example'] * recipe),
                      peak_bytes=lo['peak_bytes'],
                      fits_recipe=lo['peak_bytes'] <= usable_bytes, **ext)
-    summary['plan'] = plan
+    summary['slope_from_first_fsdp'] = len(compiled) == 1
+    summary['plan'], summary['points'] = plan, [lo, hi]
     rows.append(summary)
-  if check:
-    _check_largest(rows, name, usable_bytes, out)
+  if max_checks:
+    _check_largest(rows, name, usable_bytes, out, max_checks)
   for row in rows:
-    row.pop('plan')
+    row.pop('plan'), row.pop('points')
     print(json.dumps(dict(kind='plan', **row)), file=out, flush=True)
   return rows
 
 
-def _check_largest(rows: list, name: str, usable_bytes: float, out: Any) -> None:
-  """One compilation at the largest predicted batch of the target (over its fsdp sizes)."""
+def _check_largest(rows: list, name: str, usable_bytes: float, out: Any,
+                   max_checks: int = 3) -> None:
+  """Compiles the largest predicted batch of the target (over its fsdp sizes) to check it.
+
+  Memory is close to, not exactly, linear in the batch; so a check that does not fit, or that
+  misses the prediction by more than 5 %, moves the line to the two largest batches compiled
+  and predicts again (a compilation the compiler refuses gives no bytes: bisect instead), up to
+  `max_checks` times. The row then holds the largest batch verified to fit.
+  """
   ok = [r for r in rows if r.get('largest_batch_per_device')]
   if not ok:
     return
   best = max(ok, key=lambda r: (r['largest_batch_per_device'], -r['fsdp']))
-  got = best['plan'].compile(best['largest_batch_per_device'])
-  print(json.dumps(dict(target=name, fsdp=best['fsdp'], kind='check', **got)), file=out,
-        flush=True)
-  predicted = best['fixed_bytes'] + best['largest_batch_per_device'] * best['bytes_per_example']
-  best.update(check_batch_per_device=best['largest_batch_per_device'],
-              check_predicted_peak_bytes=int(predicted),
-              check_peak_bytes=got.get('peak_bytes'),
-              check_fits=bool(got.get('peak_bytes') is not None and
-                              got['peak_bytes'] <= usable_bytes))
+  points = {p['batch_per_device']: p['peak_bytes'] for p in best['points']}
+  fitting = max(b for b, m in points.items() if m <= usable_bytes) if any(
+      m <= usable_bytes for m in points.values()) else 0
+  refused = None
+  b = best['largest_batch_per_device']
+  checks = []
+  for _ in range(max_checks):
+    (b1, m1), (b2, m2) = sorted(points.items())[-2:]
+    predicted = m1 + (m2 - m1) / (b2 - b1) * (b - b1)
+    got = best['plan'].compile(b)
+    print(json.dumps(dict(target=name, fsdp=best['fsdp'], kind='check', **got)), file=out,
+          flush=True)
+    peak = got.get('peak_bytes')
+    checks.append(dict(batch_per_device=b, predicted_peak_bytes=int(predicted),
+                       peak_bytes=peak))
+    if peak is None:  # refused by the compiler: between the largest that fit and this
+      refused = b if refused is None else min(refused, b)
+    else:
+      points[b] = peak
+      if peak <= usable_bytes:
+        fitting = max(fitting, b)
+        if abs(predicted - peak) <= 0.05 * peak:
+          break
+    (b1, m1), (b2, m2) = sorted(points.items())[-2:]
+    nxt = int(b2 + (usable_bytes - m2) // ((m2 - m1) / (b2 - b1)))
+    if refused is not None:
+      nxt = min(nxt, (fitting + refused) // 2)
+    if nxt in points or nxt <= fitting:
+      break
+    b = nxt
+  last = checks[-1]
+  best.update(largest_batch_per_device=fitting, largest_verified=True, checks=checks,
+              check_batch_per_device=last['batch_per_device'],
+              check_predicted_peak_bytes=last['predicted_peak_bytes'],
+              check_peak_bytes=last['peak_bytes'],
+              check_fits=bool(last['peak_bytes'] is not None and
+                              last['peak_bytes'] <= usable_bytes))
 
 
 def markdown(rows: list[dict]) -> str:
@@ -251,16 +304,15 @@ def markdown(rows: list[dict]) -> str:
       lines.append(f"| {r['target']} | {r['fsdp']} | {g(r['params_bytes'])} | "
                    f"{g(r['optimizer_bytes'])} | - | - | does not compile | no | - |")
       continue
-    check = ''
-    if r.get('check_batch_per_device'):
-      check = (f" (checked: {g(r['check_peak_bytes'])} GiB compiled vs "
-               f"{g(r['check_predicted_peak_bytes'])} predicted)"
-               if r['check_peak_bytes'] is not None else ' (check: compiler refused)')
+    how = 'extrapolated'
+    if r.get('largest_verified'):
+      how = (f"compiled: {g(r['check_peak_bytes'])} GiB" if r['check_fits'] else
+             'compiled' if r['largest_batch_per_device'] else 'none fits')
     lines.append(
         f"| {r['target']} | {r['fsdp']} | {g(r['params_bytes'])} | {g(r['optimizer_bytes'])} | "
         f"{g(r['activation_bytes'])} ({r['recipe_batch_per_device']}/device) | "
         f"{g(r['temporary_bytes'])} | {g(r['peak_bytes'])} | "
-        f"{'yes' if r['fits_recipe'] else 'no'} | {r['largest_batch_per_device']}{check} |")
+        f"{'yes' if r['fits_recipe'] else 'no'} | {r['largest_batch_per_device']} ({how}) |")
   return '\n'.join(lines)
 
 
@@ -272,15 +324,23 @@ def main(argv: Optional[list[str]] = None, out: Any = None) -> list[dict]:
   parser.add_argument('--fsdp', default='', help='fsdp sizes, e.g. 1,8 (default per target)')
   parser.add_argument('--usable', type=float, default=0.9,
                       help='fraction of device memory the step may use')
-  parser.add_argument('--no_check', action='store_true')
+  parser.add_argument('--max_checks', type=int, default=3,
+                      help='compilations checking the largest batch per target (0 = none)')
+  parser.add_argument('--two_points', action='store_true',
+                      help='two batches for every fsdp size (default: the first only)')
+  parser.add_argument('--cache_dir', default=os.path.expanduser('~/.cache/ivd_jax/fit_xla'),
+                      help="persistent compilation cache ('' = none)")
   parser.add_argument('--markdown', action='store_true')
   args = parser.parse_args(argv)
   out = out or sys.stdout
+  if args.cache_dir and not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', args.cache_dir)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   rows, cache = [], {}
   for name in args.targets.split(','):
     fsdps = tuple(int(f) for f in args.fsdp.split(',')) if args.fsdp else DEFAULT_FSDP[name]
     rows += plan_target(name, args.size, args.role, fsdps, args.usable, out,
-                        check=not args.no_check, cache=cache)
+                        max_checks=args.max_checks, cache=cache, two_points=args.two_points)
   if args.markdown:
     print(markdown(rows), file=out)
   return rows

@@ -1,16 +1,19 @@
 r"""G_sr on the procedural scenes: SR vs bilinear upsampling, and consistent vs independent SR.
 
   .venv/bin/python benchmarks/sr.py --workdir=/tmp/sr_bench [--train_steps=2000] \
-      [--scenes=64] [--viewset_scenes=4] [--sr_steps=25] [--modes=independent,consistent]
+      [--scenes=64] [--viewset_scenes=4] [--sr_steps=25] [--starts=1.0,0.3] \
+      [--viewset_start=0.3] [--modes=independent,consistent]
 
 1. Trains configs/sr.py:tiny shrunk to 16 -> 32 px (`tiny_16_32`, the test's shape) for
    --train_steps with the real train mode in WORKDIR (procedural data prepared there; resumes).
 2. Single views: view 0 of --scenes held-out scenes (the procedural 'test' stream, never trained
    on), rendered exactly at 32 px; their low-resolution copies (Lanczos, nearest depth, as in
    training but unblurred) are super-resolved and scored against the true renders
-   (evaluation/superres.py: colour PSNR, z-buffer MAE, depth abs-rel) beside bilinear upsampling.
+   (evaluation/superres.py: colour PSNR, z-buffer MAE, depth abs-rel) beside bilinear upsampling,
+   for every chain start of --starts (sample.sr_start: 1 = DDIM from pure noise, the reference).
 3. View sets: the 3x9 cameras of --viewset_scenes held-out scenes; the low-resolution true views
-   super-resolved independently and consistently (sampling/superres.py), scored against the truth
+   super-resolved independently and consistently (sampling/superres.py, chain start
+   --viewset_start), scored against the truth
    and by the pairwise 3D consistency of evaluation/consistency.py, beside the true views (the
    ceiling) and bilinear upsampling.
 One JSON line per figure; never asserts (tests/test_sr.py asserts a shorter run's bounds). The
@@ -57,17 +60,19 @@ def tiny_16_32(num_steps: int) -> ml_collections.ConfigDict:
   config.data.num_eval_examples = 8
   config.data.novel_viewset = ''  # the views scored here are rendered by true_views()
   config.train.num_steps = num_steps
-  config.checkpoint.every_steps = num_steps
+  config.checkpoint.every_steps = min(1000, num_steps)
+  config.checkpoint.keep = 20
   config.log.every_steps = min(50, num_steps)
   config.log.progress = False
   return config
 
 
-def sample_config(sr_dir: str, *, sr_steps: int, mode: str) -> ml_collections.ConfigDict:
+def sample_config(sr_dir: str, *, sr_steps: int, mode: str,
+                  start: float) -> ml_collections.ConfigDict:
   """The sample section of the evaluation: exact-depth lifting at 32 px (the quickstart's erosion
   1 and tolerances 0.1), predicted x_0 clipped (a network trained for minutes)."""
   s = common.sample_section()
-  s.sr, s.sr_steps, s.sr_mode = sr_dir, sr_steps, mode
+  s.sr, s.sr_steps, s.sr_mode, s.sr_start = sr_dir, sr_steps, mode, start
   s.near, s.far = NEAR, FAR
   s.erode, s.atol, s.rtol = 1, 0.1, 0.1
   s.clip_denoised = True
@@ -120,6 +125,8 @@ def main() -> None:
   parser.add_argument('--scenes', type=int, default=64)
   parser.add_argument('--viewset_scenes', type=int, default=4)
   parser.add_argument('--sr_steps', type=int, default=25)
+  parser.add_argument('--starts', default='1.0,0.3', help='sample.sr_start values, single views')
+  parser.add_argument('--viewset_start', type=float, default=0.3)
   parser.add_argument('--modes', default='independent,consistent')
   parser.add_argument('--neighbours', type=int, default=0, help='0 = all view pairs')
   args = parser.parse_args()
@@ -129,15 +136,17 @@ def main() -> None:
   last = train.train_and_evaluate(tiny_16_32(args.train_steps), args.workdir)
   emit(case='train', steps=last['step'], loss=last.get('loss'),
        seconds=time.perf_counter() - t0)
-  s = sample_config(args.workdir, sr_steps=args.sr_steps, mode='independent')
-
   truth, views = true_views(args.scenes, np.zeros((1, 3)) + [0.0, 0.0, 1.0], 32)
   low, up = low_and_bilinear(truth, 16)
   emit(case='single_views', method='bilinear', **sr_eval.sr_error(up, truth, near=NEAR, far=FAR))
-  sr, timings = super_resolve(s, low, np.broadcast_to(views, (args.scenes,) + views.shape))
-  emit(case='single_views', method='sr', sr_steps=args.sr_steps, timings=timings,
-       **sr_eval.sr_error(sr, truth, near=NEAR, far=FAR))
+  for start in map(float, args.starts.split(',')):
+    s = sample_config(args.workdir, sr_steps=args.sr_steps, mode='independent', start=start)
+    sr, timings = super_resolve(s, low, np.broadcast_to(views, (args.scenes,) + views.shape))
+    emit(case='single_views', method='sr', sr_steps=args.sr_steps, sr_start=start,
+         timings=timings, **sr_eval.sr_error(sr, truth, near=NEAR, far=FAR))
 
+  s = sample_config(args.workdir, sr_steps=args.sr_steps, mode='independent',
+                    start=args.viewset_start)
   poses = cameras.viewset_poses('3x9')
   truth, views = true_views(args.viewset_scenes, poses, 32)
   views = np.broadcast_to(views, (args.viewset_scenes,) + views.shape)
@@ -149,7 +158,8 @@ def main() -> None:
   for mode in args.modes.split(','):
     s.sr_mode = mode
     sr, timings = super_resolve(s, low, views)
-    emit(case='3x9', method=f'sr_{mode}', sr_steps=args.sr_steps, timings=timings,
+    emit(case='3x9', method=f'sr_{mode}', sr_steps=args.sr_steps, sr_start=s.sr_start,
+         timings=timings,
          consistency=pair_consistency(sr, views, s, neighbours),
          **sr_eval.sr_error(sr, truth, near=NEAR, far=FAR))
 

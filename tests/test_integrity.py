@@ -143,6 +143,48 @@ def test_heartbeat_advances_while_held(tmp_path):
       time.sleep(0.05)
 
 
+_TWO_PROCESS_WORKER = """
+import os, sys, jax
+jax.distributed.initialize(f'localhost:{sys.argv[1]}', num_processes=2, process_id=int(sys.argv[2]))
+from ivd_jax import checkpoint
+from ivd_jax.io import lock
+workdir = sys.argv[3]
+try:
+  with lock.hold(workdir, mode='train', heartbeat_s=60, stale_after_s=600):
+    held = os.path.exists(os.path.join(workdir, lock.LOCK_FILE))
+    checkpoint.wait_for_all_processes('held')  # both inside before process 0 releases it
+    print('held', jax.process_index(), held, flush=True)
+except lock.WorkdirLocked as e:
+  print('refused', jax.process_index(), e, flush=True)
+jax.distributed.shutdown()
+"""
+
+
+def _two_processes(workdir):
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen([sys.executable, '-c', _TWO_PROCESS_WORKER, str(port), str(i),
+                             workdir], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  return [next(l for l in out.splitlines() if l.startswith(('held', 'refused'))) for out in outs]
+
+
+def test_two_process_job_holds_one_lock_and_fails_together(tmp_path):
+  """jax.distributed on localhost: process 0 takes the lock for the job and tells process 1
+  over the coordination service; a held lock refuses both processes with the same message."""
+  workdir = str(tmp_path / 'run')
+  assert _two_processes(workdir) == ['held 0 True', 'held 1 True']
+  assert not os.path.exists(os.path.join(workdir, lock.LOCK_FILE))
+  with lock.hold(workdir, mode='sample', heartbeat_s=60, stale_after_s=600):
+    lines = _two_processes(workdir)
+  assert [l.split()[:2] for l in lines] == [['refused', '0'], ['refused', '1']]
+  assert lines[0].split(' ', 2)[2] == lines[1].split(' ', 2)[2]
+  assert f'host {HOST}, pid {os.getpid()}, since ' in lines[1]
+
+
 def test_second_trainer_on_the_command_line_exits_2(tmp_path):
   """A run holds the workdir: `python -m ivd_jax.main` train there stops before writing
   anything, one line on stderr naming the holder, exit code 2."""

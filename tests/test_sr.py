@@ -297,8 +297,9 @@ def test_sr_stage_modes_and_batches():
 
 
 def test_sample_mode_sr_stage_and_sr_source(tmp_path, fixtures_dir):
-  """configs/sample.py with sample.sr: the fixture G_u / G_c (32 px) then a 32 -> 64 px G_sr;
-  then sample.sr_source super-resolves that run's views.npz again, independently."""
+  """configs/sample.py with sample.sr: the fixture G_u / G_c (32 px) then a 32 -> 64 px G_sr
+  whose chains start half-way (sr_start 0.5); then sample.sr_source super-resolves that run's
+  views.npz again, independently."""
   with np.load(fixtures_dir / 'adm_small_uncond.npz') as f:
     state = {k[len('param/'):]: f[k] for k in f.files if k.startswith('param/')}
   kwargs = json.loads((fixtures_dir / 'adm_small_uncond.json').read_text())['constructor_kwargs']
@@ -314,12 +315,12 @@ def test_sample_mode_sr_stage_and_sr_source(tmp_path, fixtures_dir):
   s.update(_sr_sample_section(
       uncond=str(tmp_path / 'gu'), cond=str(tmp_path / 'gc'), sr=str(tmp_path / 'sr'),
       sampler_uncond='ddim', steps_uncond=2, steps_cond=2, viewset='custom',
-      custom_poses=CUSTOM, num_instances=2, video_frames=2, run_name='run'))
+      custom_poses=CUSTOM, num_instances=2, video_frames=2, run_name='run', sr_start=0.5))
   manifest = ivd_main.run(config, str(tmp_path / 'wd'))
   run = tmp_path / 'wd' / 'samples' / 'run'
   sr_dir = run / 'sr'
   saved = json.loads((sr_dir / 'manifest.json').read_text())
-  assert manifest['sr']['mode'] == saved['mode'] == 'consistent'
+  assert manifest['sr']['mode'] == saved['mode'] == 'consistent' and saved['start'] == 0.5
   assert (saved['resolution'], saved['low_resolution'], saved['source_resolution']) == (64, 32, 32)
   assert 0.0 < saved['consistency']['covisible'] <= 1.0
   with np.load(sr_dir / 'views.npz') as f:
@@ -344,3 +345,30 @@ def test_sample_mode_sr_stage_and_sr_source(tmp_path, fixtures_dir):
   s.sr = ''
   with pytest.raises(errors.ConfigError, match='sample.sr'):
     ivd_main.run(config, str(tmp_path / 'wd3'))
+
+
+# ---------------------------------------------------------------------------------------------
+# A trained G_sr: configs/sr.py:tiny at 16 -> 32 px on the procedural scenes (benchmarks/sr.py
+# holds the shared protocol and the long run's figures).
+# ---------------------------------------------------------------------------------------------
+def _benchmark():
+  spec = importlib.util.spec_from_file_location(
+      'benchmarks_sr', pathlib.Path(__file__).resolve().parents[1] / 'benchmarks' / 'sr.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope='module')
+def trained_sr(tmp_path_factory):
+  """(benchmarks/sr.py, the G_sr workdir) after TRAIN_STEPS steps of the real train mode."""
+  bench = _benchmark()
+  workdir = str(tmp_path_factory.mktemp('sr_tiny'))
+  config = bench.tiny_16_32(TRAIN_STEPS)
+  config.data.num_examples = 256
+  # One preview grid at the end: the SR role's condition through training/train_logging.
+  config.log.sample_every_steps, config.log.sample_steps = TRAIN_STEPS, 4
+  last = train.train_and_evaluate(config, workdir)
+  assert last['step'] == TRAIN_STEPS and last['loss'] < 0.1
+  assert (pathlib.Path(workdir) / 'samples' / f'step_{TRAIN_STEPS:08d}.png').is_file()
+  return bench, workdir

@@ -57,7 +57,10 @@ def fingerprint(tree: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
   Every process of a multi-process run must call it together (the arrays may be sharded).
   """
-  parts = jax.tree.map(_host, _fingerprint(tree))
+  # Outside any context mesh: the arrays carry their own shardings (a reader's arrays on one
+  # device would not match a trainer's mesh set around the call).
+  with jax.set_mesh(None):
+    parts = jax.tree.map(_host, _fingerprint(tree))
   return {'checksum': {k: int(c) for k, (c, _) in parts.items()},
           'finite': {k: bool(f) for k, (_, f) in parts.items()}}
 

@@ -269,6 +269,7 @@ def sr_preset(config: ml_collections.ConfigDict, preset: str) -> None:
     m.num_res_blocks = 1
     m.attention_resolutions = ()
     m.num_head_channels = 32
+    m.num_groups = 8  # 4 channels per group (32 groups of 32 channels would normalise each alone)
     config.train.num_steps = 2000
     config.train.batch_size = 8
     config.optim.lr = 1e-3
@@ -388,6 +389,10 @@ def sample_section() -> ml_collections.ConfigDict:
   # on its own.
   s.sr_mode = 'consistent'
   s.sr_steps = 50  # DDIM steps
+  # The chain starts at t0 = sr_start * T: 1.0 = from pure noise (the reference); below 1, from the
+  # bilinear upsampling (the warped SR views where pinned) diffused to t0, the sr_steps spent
+  # below it (Chung et al. 2022, "Come-Closer-Diffuse-Faster").
+  s.sr_start = 1.0
   s.sr_guidance = 3.0  # classifier-free guidance of class-conditional G_sr (the reference's)
   s.sr_replace_rgb = 1.0  # edit weights of the warped SR views ('consistent'); 0 disables
   s.sr_replace_depth = 1.0

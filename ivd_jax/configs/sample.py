@@ -12,6 +12,13 @@ Presets:
                guidance 0.5.
   photo        novel views of a real photograph: --config.sample.source_image=IMG plus
                --config.sample.source_depth=DISPARITY.npz (MiDaS scale) or an estimator.
+  quickstart_sr
+               super-resolve the quickstart's 32 px view sets with the tiny G_sr of
+               configs/sr.py (32 -> 64 px): --config.sample.sr=DIR_SR
+               --config.sample.sr_source=DIR/samples/quickstart_3x9; the quickstart's lifting
+               settings, chains started at 0.3 T (a G_sr trained for minutes).
+Any preset adds the super-resolution stage with --config.sample.sr=DIR_SR (DIR/samples/<run>/sr/,
+ivd_jax/pipelines/superres.py; sample.sr_mode 'consistent' or 'independent').
 
 Outputs go to DIR/samples/<run_name>/ (see ivd_jax/pipelines/sample.py).
 """
@@ -47,7 +54,15 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   elif preset == 'photo':
     s.guidance = 0.0
     s.num_instances = 1
+  elif preset == 'quickstart_sr':
+    # configs/quickstart.py's exact-depth lifting at 32 px (its views' encoding and thresholds).
+    s.near, s.far = 0.5, 100.0
+    s.erode, s.atol, s.rtol = 1, 0.1, 0.1
+    s.clip_denoised = True
+    s.sr_guidance = 0.0
+    s.sr_start, s.sr_steps = 0.3, 25
+    s.video_path, s.video_frames = 'swing', 36
   else:
     raise ValueError(f"unknown preset {preset!r} of configs/sample.py; use one of "
-                     "'tiny', 'imagenet128', 'fid', 'photo'")
+                     "'tiny', 'imagenet128', 'fid', 'photo', 'quickstart_sr'")
   return config

@@ -2,9 +2,9 @@
 
 Each grid quad (two triangles, split along the diagonal the caller picks) is sampled at K x K
 points, interpolated linearly on its triangle, projected and resolved per sub-pixel by a
-scatter-min z-buffer; phases: _sample (+ _refined_rows), _centre_inside (centre_first), _zbuffer,
-_resolve_payload, _centre_values. Vertices with NaN/inf depth produce no triangles. Everything
-works on single examples; use jax.vmap for batches.
+scatter-min z-buffer; phases: _sample (+ subdivide.refined_rows), _centre_inside (centre_first),
+_zbuffer, _resolve_payload, _centre_values. Vertices with NaN/inf depth produce no triangles.
+Everything works on single examples; use jax.vmap for batches.
 """
 import functools
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ivd_jax.geometry import cameras
+from ivd_jax.geometry import subdivide
 
 # The reference's OpenGL near planes: SimpleRenderer clips at 0.1; geometry closer to the target
 # camera than this is discarded (docs/method.md §4 step 1).
@@ -96,32 +97,6 @@ def triangle_all(grid: jnp.ndarray, diag_a: jnp.ndarray) -> jnp.ndarray:
   return jnp.stack([a & b & c for a, b, c in triangle_corners(quad_corners(grid), diag_a)], -1)
 
 
-@functools.lru_cache(maxsize=None)
-def _sub_quad_terms(split: int) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-  """Sub-quads of a split quad as quads of their own: per sub-quad, (diagonal A, diagonal B).
-
-  Sub-quad (i, j) covers s = s0 + s' / split, t = t0 + t' / split with s0 = j / split,
-  t0 = i / split. On it the quad's diagonal term m is m0 + (ms s' + mt t' + mc m') / split, with
-  m' the sub-quad's own diagonal term: a sub-quad on the split diagonal (mc = 1) is split like
-  its quad, any other lies in one triangle `tri` and is affine (mc = 0).
-  """
-  i, j = (x.reshape(-1).astype(np.float32) for x in np.meshgrid(
-      np.arange(split), np.arange(split), indexing='ij'))
-  s0, t0 = j / split, i / split
-  zero, one = np.zeros_like(s0), np.ones_like(s0)
-  # Diagonal A, m = min(s, t): on the diagonal s0 + min(s', t') / split; above it (j > i) t,
-  # below it s. Diagonal B, m = max(s + t - 1, 0): on the anti-diagonal max(s' + t' - 1, 0) /
-  # split; before it 0; after it s + t - 1.
-  on_a, on_b, after_b = i == j, i + j == split - 1, i + j > split - 1
-  terms = dict(
-      m0=(np.where(on_a, s0, np.where(j > i, t0, s0)), np.where(after_b, s0 + t0 - 1.0, zero)),
-      ms=(np.where(i > j, one, zero), np.where(after_b, one, zero)),
-      mt=(np.where(j > i, one, zero), np.where(after_b, one, zero)),
-      mc=(np.where(on_a, one, zero), np.where(on_b, one, zero)),
-      tri=(np.where(i > j, one, zero), np.where(after_b, one, zero)), s0=(s0, s0), t0=(t0, t0))
-  return {k: (a.astype(np.float32), b.astype(np.float32)) for k, (a, b) in terms.items()}
-
-
 class _Splat(NamedTuple):
   """The projected samples, flat [R K^2]: R rows (quads, then sub-quads) of K^2 pattern points."""
   idx: jnp.ndarray  # int32 sub-pixel; S^2 (the dump slot) where not drawn
@@ -149,8 +124,8 @@ def _sample(points, tri_exists, diag_a, pattern, refine, *, size, f, clip_near) 
   refined = None
   if refine is not None:
     refined, refined_ok = refine
-    k0, ka, kb, kc, da, tri_ex, tri_is_1 = _refined_rows(
-        (k0, ka, kb, kc, da, tri_ex, tri_is_1), refined, refined_ok, pattern)
+    k0, ka, kb, kc, da, tri_ex, tri_is_1 = subdivide.refined_rows(
+        (k0, ka, kb, kc, da, tri_ex, tri_is_1), refined, refined_ok, pattern, REFINE_SPLIT)
   m = jnp.where(da, pattern['m_a'], pattern['m_b'])
   s, t = pattern['s'], pattern['t']
   interp = lambda ch: (k0[:, ch:ch + 1] + s * ka[:, ch:ch + 1] + t * kb[:, ch:ch + 1]
@@ -172,31 +147,6 @@ def _sample(points, tri_exists, diag_a, pattern, refine, *, size, f, clip_near) 
                 centre_dist=((col - col_i - 0.5) ** 2 + (row - row_i - 0.5) ** 2).reshape(-1),
                 col_i=col_i, row_i=row_i, tri_is_1=tri_is_1, num_quads=num_quads,
                 refined=refined)
-
-
-def _refined_rows(rows, refined, refined_ok, pattern):
-  """Rows (k0, ka, kb, kc, da, tri_ex, tri_is_1) + one per sub-quad of each refined quad."""
-  # Each sub-quad is written as a quad of its own (see _sub_quad_terms): every row samples the
-  # same static pattern, which keeps the sample loops as cheap as without refinement.
-  k0, ka, kb, kc, da, tri_ex, tri_pattern = rows
-  nsub = REFINE_SPLIT * REFINE_SPLIT
-  r_da = jnp.repeat(da[refined], nsub, axis=0)
-  count = refined.shape[0]
-  terms = {key: jnp.where(r_da, np.tile(v[0], count)[:, None], np.tile(v[1], count)[:, None])
-           for key, v in _sub_quad_terms(REFINE_SPLIT).items()}
-  r0, ra, rb, rc = (jnp.repeat(x[refined], nsub, axis=0) for x in (k0, ka, kb, kc))
-  h = 1.0 / REFINE_SPLIT
-  # Sub-quads off the split diagonal lie in one triangle.
-  sub_tri = jnp.where(terms['mc'] > 0, jnp.where(r_da, pattern['tri_a'].astype(bool),
-                                                 pattern['tri_b'].astype(bool)), terms['tri'] > 0)
-  return (jnp.concatenate([k0, r0 + terms['s0'] * ra + terms['t0'] * rb + terms['m0'] * rc]),
-          jnp.concatenate([ka, h * (ra + terms['ms'] * rc)]),
-          jnp.concatenate([kb, h * (rb + terms['mt'] * rc)]),
-          jnp.concatenate([kc, h * terms['mc'] * rc]),
-          jnp.concatenate([da, r_da]),
-          jnp.concatenate([tri_ex, jnp.repeat(tri_ex[refined] & refined_ok[:, None], nsub,
-                                              axis=0)]),
-          jnp.concatenate([tri_pattern, sub_tri]))
 
 
 def _centre_inside(tri0, tri1, splat: _Splat, *, size, f) -> jnp.ndarray:
@@ -356,9 +306,11 @@ def render_mesh(points: jnp.ndarray, payload: jnp.ndarray, exists: jnp.ndarray,
 
   Returns:
     dict of per-sub-pixel [S, S] arrays (S = ssaa N): depth (planar; +inf where nothing was
-    drawn), hit (any sample), front (the winner's triangle faces the camera), flags [S, S, F]
-    and payload [S, S, C] of the winning sample; and at the pixel centres centre_depth [N, N]
-    and centre_payload [N, N, C].
+    drawn), hit (any sample), front (the winner's triangle faces the camera), flags [S, S, F],
+    payload [S, S, C] and grid [S, S, 2] (its position on the vertex grid: row, column; where
+    hit) of the winning sample; and at the pixel centres centre_depth [N, N], centre_payload
+    [N, N, C] and centre_grid [N, N, 2] (where the centre ray meets the winning triangle; for a
+    resampling of per-vertex data that the payload's interpolation cannot express).
   """
   hv, wv = exists.shape
   pattern = _sample_pattern(samples or samples_per_quad(ssaa))

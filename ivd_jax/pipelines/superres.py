@@ -55,7 +55,7 @@ class Stage:
         batch_size=s.batch_size, frame_views=frame_views,
         progress=s.progress and jax.process_index() == 0)
     st = self.sampler.settings
-    manifest = {'mode': st.mode, 'steps': st.steps, 'guidance': st.guidance,
+    manifest = {'mode': st.mode, 'steps': st.steps, 'start': st.start, 'guidance': st.guidance,
                 'replace_rgb': st.replace_rgb, 'replace_depth': st.replace_depth,
                 'constrain_depth': st.constrain_depth, 'source_resolution': int(low.shape[2]),
                 'timings': dict(result.timings), 'dir': SR_DIR, **self.info}

@@ -5,7 +5,9 @@
 Reads top to bottom: setup, mesh, input, model and optimizer, sharding, step, checkpoint, loop.
 Workdir layout:
   DIR/config.json      the resolved configuration of the run
-  DIR/checkpoints/     orbax checkpoints (state, input iterator state, config)
+  DIR/checkpoints/     orbax checkpoints (state, input iterator state, config, checksums);
+                       damaged steps are moved aside to <step>.damaged-<UTC time>
+  DIR/ivd_jax.lock     the workdir lock while a run writes here (ivd_jax/io/lock.py)
   DIR/tensorboard/     TensorBoard event files (tensorboardX, no TensorFlow)
   DIR/metrics.jsonl    one JSON object per log step: step, loss, grad_norm, lr, steps_per_sec,
                        examples_per_sec (+ the role's metrics, e.g. loss_visible / loss_holes)

@@ -11,6 +11,12 @@ Two modes (config.sample.sr_mode):
   weights sample.sr_replace_rgb / sr_replace_depth / sr_constrain_depth) pin the visible pixels
   to them; only the pixels no earlier view shows are free. View 0 is the same in both modes.
 
+The DDIM chain starts from pure noise at t = T like the reference's (sample.sr_start = 1), or
+(sr_start < 1) at t0 = sr_start T from the bilinear upsampling, in consistent mode with the warped
+SR views where they are pinned, diffused to t0 (Chung et al. 2022, "Come-Closer-Diffuse-Faster"):
+the chain then spends its sr_steps below t0, and the network's predictions at the largest t,
+the last a network learns, are never needed.
+
 Like the view sampler (sampling/sampler.py): a fixed-size view buffer with a validity mask (one
 compilation per batch shape serves every view), instance batches split over every device of the
 mesh, and instance i of a run with seed s using only keys derived from fold_in(PRNGKey(s), i),
@@ -48,13 +54,15 @@ _SR_STREAM = 0x5352
 class SRSettings:
   """config.sample fields of the SR stage (defaults: configs/common.py:sample_section).
 
-  mode: 'consistent' | 'independent'; steps: DDIM steps; guidance: classifier-free guidance w of
+  mode: 'consistent' | 'independent'; steps: DDIM steps; start: the chain starts at this fraction
+  of the T diffusion steps (1 = from pure noise); guidance: classifier-free guidance w of
   a class-conditional G_sr; replace_rgb, replace_depth, constrain_depth: the weights of the
   condition edits by the warped earlier SR views (consistent mode). eta, clip_denoised and the
   lifting settings (near, far, fov_deg, ssaa, atol, rtol, erode) are the view sampler's.
   """
   mode: str
   steps: int
+  start: float
   guidance: float
   replace_rgb: float
   replace_depth: float
@@ -64,7 +72,8 @@ class SRSettings:
   @classmethod
   def from_config(cls, sample_config: Any) -> 'SRSettings':
     s = sample_config
-    return cls(mode=str(s.sr_mode), steps=int(s.sr_steps), guidance=float(s.sr_guidance),
+    return cls(mode=str(s.sr_mode), steps=int(s.sr_steps), start=float(s.sr_start),
+               guidance=float(s.sr_guidance),
                replace_rgb=float(s.sr_replace_rgb), replace_depth=float(s.sr_replace_depth),
                constrain_depth=float(s.sr_constrain_depth),
                lifting=settings_lib.SampleSettings.from_config(s))
@@ -78,6 +87,10 @@ class SRSettings:
     if not 1 <= self.steps <= 1000 or 1000 % self.steps:
       raise errors.ConfigError('sample.sr_steps', f'{self.steps} does not divide the 1000 steps',
                                'use a divisor of 1000, e.g. 25, 50 or 100')
+    if not 0.0 < self.start <= 1.0 or round(self.start * 1000) < self.steps:
+      raise errors.ConfigError('sample.sr_start', f'{self.start} is not in (0, 1] or leaves '
+                               f'fewer than sr_steps={self.steps} steps',
+                               'use 1.0 (from pure noise) or a fraction such as 0.3')
     if self.guidance < 0:
       raise errors.ConfigError('sample.sr_guidance', f'{self.guidance} is negative',
                                'use w >= 0 (0 = no guidance)')
@@ -117,6 +130,12 @@ class SuperResSampler:
     self.net, self.settings, self.mesh, self.schedule = net, settings, mesh, schedule
     self.resolution, self.low_resolution = net.model.image_size, low_resolution
     self.consistent = settings.mode == 'consistent'
+    # The chain's schedule: the first t_top steps of G_sr's (t_top a multiple of the DDIM steps,
+    # so DDIM's jump is the full chain's); the start is diffused to step t_top.
+    t0 = min(schedule.num_steps, round(settings.start * schedule.num_steps))
+    self.t_top = t0 // settings.steps * settings.steps
+    self.chain_schedule = (schedule if self.t_top == schedule.num_steps else
+                           schedule_lib.schedule_from_betas(schedule.betas[:self.t_top]))
     batch, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     self.batch_sharding = batch
     p_shard = parallel.tree_shardings(mesh, net.params)
@@ -167,7 +186,16 @@ class SuperResSampler:
             mask=a.mask[None], hull=depth_lib.to_network(a.hull[None]),
             rgb_weight=s.replace_rgb, depth_weight=s.replace_depth, hull_weight=s.constrain_depth)
       x_t = jax.random.normal(jax.random.fold_in(vkey, 0), (1, res, res, 4), jnp.float32)
-      x0 = samplers.ddim_sample(eps_fn, x_t, schedule=self.schedule, steps=s.steps,
+      if self.t_top < self.schedule.num_steps:
+        start = jnp.concatenate([condition['y_rgb'], condition['y_depth']], -1)
+        if self.consistent:  # the pinned pixels start from the warped SR views
+          start = jnp.concatenate([
+              jnp.where(a.mask_rgb > 0, edits.rgb[0], start[0, ..., :3]),
+              jnp.where(a.mask > 0, edits.depth[0], start[0, ..., 3:])], -1)[None]
+        k = self.t_top - 1
+        x_t = (self.chain_schedule.sqrt_alphas_cumprod[k] * start
+               + self.chain_schedule.sqrt_one_minus_alphas_cumprod[k] * x_t).astype(jnp.float32)
+      x0 = samplers.ddim_sample(eps_fn, x_t, schedule=self.chain_schedule, steps=s.steps,
                                 eta=s.lifting.eta, key=jax.random.fold_in(vkey, 1), edits=edits,
                                 clip_denoised=s.lifting.clip_denoised)
       return jnp.clip(depth_lib.from_network(x0[0]), 0.0, 1.0)
