@@ -38,8 +38,10 @@ def _write_lock(workdir, **fields):
   info = dict(host=HOST, pid=1, pid_start=None, since='2026-11-30T00:00:00Z',
               heartbeat=time.time(), mode='train', command='python -m ivd_jax.main', token='x')
   info.update(fields)
-  with open(os.path.join(workdir, lock.LOCK_FILE), 'w') as f:
+  tmp = os.path.join(workdir, f'.lock-{threading.get_ident()}.tmp')
+  with open(tmp, 'w') as f:
     json.dump(info, f)
+  os.replace(tmp, os.path.join(workdir, lock.LOCK_FILE))  # a reader never sees half a file
   return info
 
 
@@ -287,6 +289,67 @@ def test_damaged_step_is_moved_aside_and_saved_again(tmp_path, fault, caplog):
   assert step == 3 and data_state == {'i': 3} and _damaged(tmp_path, 3) == aside
   for x, y in zip(jax.tree.leaves(again.params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+_TWO_PROCESS_CHECKPOINT = """
+import glob, json, os, sys, jax
+jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+jax.distributed.initialize(f'localhost:{sys.argv[1]}', num_processes=2, process_id=int(sys.argv[2]))
+import jax.numpy as jnp, ml_collections
+from ivd_jax import checkpoint, parallel
+from ivd_jax.training import state as state_lib
+mesh = parallel.make_mesh(ml_collections.ConfigDict({'shape': (2, 4)}))
+tx = state_lib.make_optimizer(ml_collections.ConfigDict(dict(
+    lr=1e-3, warmup_steps=0, schedule='constant', b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)))
+def make(step):
+  params = {'dense': {'kernel': jnp.arange(256 * 128, dtype=jnp.float32).reshape(256, 128)},
+            'bias': jnp.ones(64)}
+  return state_lib.create_train_state(params, tx, jax.random.PRNGKey(0)).replace(
+      step=jnp.int32(step))
+shapes = jax.eval_shape(lambda: make(0))
+shardings = parallel.tree_shardings(mesh, shapes)
+ck = checkpoint.Checkpointer(sys.argv[3], every_steps=1)
+for step in (1, 2):
+  ck.save(step, jax.jit(lambda: make(step), out_shardings=shardings)(),
+          data_state={'process': jax.process_index()}, config={})
+ck.wait()
+checkpoint.wait_for_all_processes('saved')
+if jax.process_index() == 0:  # truncate step 2's largest array file
+  files = glob.glob(os.path.join(sys.argv[3], '2', 'state', '**', 'd', '*'), recursive=True)
+  largest = max(files, key=os.path.getsize)
+  with open(largest, 'r+b') as f:
+    f.truncate(os.path.getsize(largest) // 2)
+checkpoint.wait_for_all_processes('damaged')
+abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        shapes, shardings)
+restored, data_state, _, step = ck.restore(abstract)
+ck.close()
+print('restored', json.dumps(dict(step=step, data=data_state, kernel_sum=float(
+    jax.jit(jnp.sum)(restored.params['dense']['kernel'])), steps=ck.all_steps())), flush=True)
+jax.distributed.shutdown()
+"""
+
+
+def test_two_process_checkpoint_falls_back_together(tmp_path):
+  """2 processes x 4 devices (gloo): checksums of sharded arrays at save and restore, a
+  truncated newest step moved aside once, both processes restoring the same older step."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  env = dict(_env(), XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  procs = [subprocess.Popen([sys.executable, '-c', _TWO_PROCESS_CHECKPOINT, str(port), str(i),
+                             str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
+  results = [json.loads(next(l for l in o.splitlines() if l.startswith('restored '))[9:])
+             for o in outs]
+  kernel_sum = float(np.arange(256 * 128, dtype=np.float32).sum(dtype=np.float64))
+  for i, r in enumerate(results):
+    assert r['step'] == 1 and r['data'] == {'process': i} and r['steps'] == [1]
+    assert r['kernel_sum'] == pytest.approx(kernel_sum, rel=1e-6)
+  assert len(_damaged(tmp_path, 2)) == 1 and sorted(
+      n for n in os.listdir(tmp_path) if n.isdigit()) == ['1']
 
 
 def test_nonfinite_state_is_never_saved(tmp_path):

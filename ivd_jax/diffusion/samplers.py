@@ -53,7 +53,7 @@ class ConditionEdits(NamedTuple):
   validity masks, hull [.., 1] the lower bound on the depth of revealed content. Pass rgb=None
   to skip replace_rgb, depth=None to skip replace_depth and constrain_depth (the latter needs the
   former, as in the reference), hull=None to skip constrain_depth. The weights of replace_rgb,
-  replace_depth and constrain_depth are the config's (configs/common.py:sample_section).
+  replace_depth and constrain_depth are the config's (configs/sampling.py:sample_section).
   """
   rgb: Optional[jax.Array]
   depth: Optional[jax.Array]

@@ -214,8 +214,10 @@ def _covered(out: Dict[str, jnp.ndarray]) -> jnp.ndarray:
 def _resolve(out: Dict[str, jnp.ndarray], colour_channels: int, *, near: float, far: float,
              ssaa: int, atol: float, rtol: float, colour: Optional[jnp.ndarray] = None
              ) -> Warped:
-  """docs/method.md §4 steps 4-5: coverage rule, colour (default: the mean of the covered
-  sub-pixels' payload), centre depth, depth_edge."""
+  """docs/method.md §4 steps 4-5: coverage rule, colour, centre depth, depth_edge.
+
+  colour [N, N, C] is given or else the mean payload of the covered sub-pixels.
+  """
   covered = _covered(out)
   count = downsample(covered.astype(jnp.float32), ssaa)
   if colour is None:
@@ -277,9 +279,10 @@ def warp_rgbd(rgbd: jnp.ndarray, src_view: jnp.ndarray, dst_view: jnp.ndarray, *
 class MidView(NamedTuple):
   """The intermediate image of forward_backward_warp, in mid_view.
 
-  colour [N, N, 3] (the source colour resampled at each pixel centre), depth [N, N] (planar depth
-  at the centre; +inf where nothing was drawn) and hidden [N, N] (the centre shows back-facing
-  material: it occludes but is cut in the backward pass).
+  colour [N, N, 3] (the source colour resampled at each pixel centre, clipped to [0, 1] as the
+  reference's 8-bit conversion does), depth [N, N] (planar depth at the centre; +inf where
+  nothing was drawn) and hidden [N, N] (the centre shows back-facing material: it occludes but
+  is cut in the backward pass).
   """
   colour: jnp.ndarray
   depth: jnp.ndarray
@@ -289,6 +292,7 @@ class MidView(NamedTuple):
 def forward_mid_view(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jnp.ndarray, *,
                      near: float, far: float, fov_deg: float = 45.0) -> MidView:
   """First pass of forward_backward_warp: src rendered into mid_view uncut, border extended."""
+  _check(rgbd, FBW_MID_SSAA, near, far)
   n = rgbd.shape[0]
   b = FBW_BORDER
   zb = rgbd[..., 3]
@@ -306,7 +310,9 @@ def forward_mid_view(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jnp.nda
                            [jnp.zeros(src_pts.shape[:2], bool)], resolution=n, fov_deg=fov_deg,
                            ssaa=FBW_MID_SSAA, samples=FBW_MID_SAMPLES, diag_a=diag_a,
                            centre_first=True)
-  colour = resample.sample_cubic(edge_pad(jnp.nan_to_num(rgbd[..., :3])), fwd['centre_grid'])
+  # Clipped to [0, 1] like the reference's 8-bit conversion: the cubic overshoots at edges.
+  colour = jnp.clip(resample.sample_cubic(edge_pad(jnp.nan_to_num(rgbd[..., :3])),
+                                          fwd['centre_grid']), 0.0, 1.0)
   hidden = ~raster.centre_subpixel(fwd['hit'] & fwd['front'], FBW_MID_SSAA)
   return MidView(colour=colour, depth=fwd['centre_depth'], hidden=hidden)
 
@@ -339,8 +345,8 @@ def forward_backward_warp(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jn
                             resolution=n, fov_deg=fov_deg, ssaa=ssaa, diag_a=mid_diag,
                             nearest=True, refine=refine)
   # The mid colour resampled where each pixel centre lands on the mid grid. A kept pixel whose
-  # centre sub-pixel is not covered (at most 2 of its 9 are not) takes the mean grid position of
-  # the covered ones among the 4 sub-pixels beside the centre (at least 3 of them are covered).
+  # centre sub-pixel is not covered (at ssaa 3 at most 2 of its 9 are not) takes the mean grid
+  # position of the covered ones among the 4 sub-pixels beside the centre (then 3 or 4 are).
   covered = _covered(back)
   off = (ssaa - 1) // 2
   beside = [(off, 0), (off, ssaa - 1), (0, off), (ssaa - 1, off)]
@@ -350,4 +356,4 @@ def forward_backward_warp(rgbd: jnp.ndarray, src_view: jnp.ndarray, mid_view: jn
   grid = jnp.where(raster.centre_subpixel(covered, ssaa)[..., None], back['centre_grid'],
                    grid_beside)
   return _resolve(back, 3, near=near, far=far, ssaa=ssaa, atol=atol, rtol=rtol,
-                  colour=resample.sample_cubic(mid_colour, grid))
+                  colour=jnp.clip(resample.sample_cubic(mid_colour, grid), 0.0, 1.0))

@@ -192,8 +192,8 @@ class Page:
 
   def links(self, targets: Iterable[tuple[str, str]], label: str = '') -> None:
     """A line of links (nothing when there are none)."""
-    items = ''.join(f'<a href="{html.escape(self.href(t))}">{html.escape(name)}</a>'
-                    for name, t in targets)
+    items = ' '.join(f'<a href="{html.escape(self.href(t))}">{html.escape(name)}</a>'
+                     for name, t in targets)  # spaces: long lists wrap between links
     if not items:
       return
     lead = f'<span class="muted">{html.escape(label)}</span> ' if label else ''

@@ -102,7 +102,7 @@ def load_source_view(sample_config: Any, resolution: int, *, near: float,
   max_invalid = s.get('max_invalid_depth')
   if max_invalid is None or not 0 <= float(max_invalid) < 1:
     raise errors.ConfigError('sample.max_invalid_depth', f'{max_invalid!r}',
-                             'use a fraction in [0, 1) (configs/common.py:sample_section)')
+                             'use a fraction in [0, 1) (configs/sampling.py:sample_section)')
   try:
     raw = ingest.checked_depth(raw, raw_kind, float(max_invalid), name, notes,
                                'sample.max_invalid_depth')

@@ -1,4 +1,4 @@
-"""The sampler's settings, read from config.sample (defaults: configs/common.py:sample_section)."""
+"""The sampler's settings, read from config.sample (defaults: configs/sampling.py:sample_section)."""
 import dataclasses
 from typing import Any
 
@@ -45,7 +45,7 @@ class SampleSettings:
     for f in dataclasses.fields(cls):
       if f.name not in sample_config:
         raise errors.ConfigError(f'sample.{f.name}', 'is missing',
-                                 'build the sample section with configs/common.py:sample_section')
+                                 'build the sample section with configs/sampling.py:sample_section')
       kwargs[f.name] = f.type(sample_config[f.name])
     return cls(**kwargs)
 

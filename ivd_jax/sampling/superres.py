@@ -52,7 +52,7 @@ _SR_STREAM = 0x5352
 
 @dataclasses.dataclass(frozen=True)
 class SRSettings:
-  """config.sample fields of the SR stage (defaults: configs/common.py:sample_section).
+  """config.sample fields of the SR stage (defaults: configs/sampling.py:sample_section).
 
   mode: 'consistent' | 'independent'; steps: DDIM steps; start: the chain starts at this fraction
   of the T diffusion steps (1 = from pure noise); guidance: classifier-free guidance w of

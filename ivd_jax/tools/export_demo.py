@@ -1,7 +1,7 @@
 """Exports a trained G_u / G_c pair as the small demo networks `quickstart:pretrained` samples.
 
   python -m ivd_jax.tools.export_demo --uncond=WORKDIR/uncond --cond=WORKDIR/cond \
-      --out=ivd_jax/pretrained/demo32
+      --out_dir=ivd_jax/pretrained/demo32
 
 OUT/uncond and OUT/cond are exported params checkpoints (checkpoint.save_params: params/ and
 config.json, the training config with the model, data and diffusion sections sampling reads),
@@ -60,14 +60,14 @@ def export_pair(uncond: str, cond: str, out: str) -> dict:
 
 _UNCOND = flags.DEFINE_string('uncond', None, 'G_u training workdir (e.g. WORKDIR/uncond).')
 _COND = flags.DEFINE_string('cond', None, 'G_c training workdir (e.g. WORKDIR/cond).')
-_OUT = flags.DEFINE_string('out', None, 'Output folder, e.g. ivd_jax/pretrained/demo32.')
+_OUT = flags.DEFINE_string('out_dir', None, 'Output folder, e.g. ivd_jax/pretrained/demo32.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not (_UNCOND.value and _COND.value and _OUT.value):
-    raise app.UsageError('--uncond, --cond and --out are required')
+    raise app.UsageError('--uncond, --cond and --out_dir are required')
   try:
     record = export_pair(_UNCOND.value, _COND.value, _OUT.value)
   except errors.UserError as e:
