@@ -1,7 +1,9 @@
 """The super-resolution network G_sr (issue 17): its training copy, the reference's configs and
 checkpoints, training on the procedural scenes, and (3D-consistent) SR of view sets.
 """
+import importlib.util
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +22,11 @@ from ivd_jax.configs import sample as sample_config
 from ivd_jax.configs import sr as sr_config
 from ivd_jax.data import procedural
 from ivd_jax.diffusion import schedule as schedule_lib
+from ivd_jax.evaluation import superres as sr_eval
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import depth as depth_lib
 from ivd_jax.models import unet as unet_lib
+from ivd_jax.pipelines import train
 from ivd_jax.roles import sr as sr_lib
 from ivd_jax.sampling import networks
 from ivd_jax.sampling import superres
@@ -30,6 +34,13 @@ from ivd_jax.tools import convert_reference
 from ivd_jax.training import checks
 from ivd_jax.training import state as state_lib
 
+# The trained network's run (tests below): steps of the train mode, held-out single views and 3x9
+# view sets scored, the chain start of its SR (sample.sr_start) and the view pairs scored.
+TRAIN_STEPS = 400
+SCENES = 16
+VIEWSET_SCENES = 2
+START = 0.3
+NEIGHBOURS = 4
 REFERENCE_SR = {'imagenet256': 'rgbd_imagenet_adm_256_128_small_sr',
                 'singlecategory256': 'rgbd_singlecategory_adm_256_128_small_sr'}
 
@@ -372,3 +383,36 @@ def trained_sr(tmp_path_factory):
   assert last['step'] == TRAIN_STEPS and last['loss'] < 0.1
   assert (pathlib.Path(workdir) / 'samples' / f'step_{TRAIN_STEPS:08d}.png').is_file()
   return bench, workdir
+
+
+def test_trained_sr_against_bilinear(trained_sr):
+  bench, workdir = trained_sr
+  truth, views = bench.true_views(SCENES, np.array([[0.0, 0.0, 1.0]]), 32)
+  low, up = bench.low_and_bilinear(truth, 16)
+  bilinear = sr_eval.sr_error(up, truth, near=bench.NEAR, far=bench.FAR)
+  s = bench.sample_config(workdir, sr_steps=25, mode='independent', start=START)
+  sr, _ = bench.super_resolve(s, low, np.broadcast_to(views, (SCENES,) + views.shape))
+  got = sr_eval.sr_error(sr, truth, near=bench.NEAR, far=bench.FAR)
+  print('bilinear', bilinear, 'sr', got)
+
+
+def test_consistent_sr_is_closer_to_the_true_views_consistency(trained_sr):
+  bench, workdir = trained_sr
+  truth, views = bench.true_views(VIEWSET_SCENES, cameras.viewset_poses('3x9'), 32)
+  views = np.broadcast_to(views, (VIEWSET_SCENES,) + views.shape)
+  low, up = bench.low_and_bilinear(truth, 16)
+  s = bench.sample_config(workdir, sr_steps=25, mode='independent', start=START)
+  figures = {'truth': truth, 'bilinear': up}
+  results = {}
+  for mode in ('independent', 'consistent'):
+    s.sr_mode = mode
+    mesh = ml_collections.ConfigDict({'shape': (-1, 1)})
+    sampler, _ = superres.build(s, mesh)
+    results[mode], _ = superres.super_resolve(
+        sampler, low, views, seed=0, instance_ids=np.arange(VIEWSET_SCENES),
+        labels=np.full(VIEWSET_SCENES, -1, np.int32), batch_size=VIEWSET_SCENES)
+    figures[mode] = results[mode].rgbd
+  scores = {k: bench.pair_consistency(v, views, s, NEIGHBOURS) for k, v in figures.items()}
+  errors_ = {k: sr_eval.sr_error(v, truth, near=bench.NEAR, far=bench.FAR)
+             for k, v in figures.items()}
+  print(scores, errors_)
