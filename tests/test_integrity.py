@@ -491,15 +491,18 @@ def test_missing_input_state_is_an_error_unless_opted_in(tmp_path):
 
 
 def test_disk_full_is_one_line_and_the_run_resumes(tmp_path):
-  """The workdir on a 10 MB file system (a tmpfs in a private mount namespace): step 4's
-  checkpoint (6.6 MB over the tests' 8 devices) fits, step 8's does not. One line on stderr, exit 2, no traceback; step 4 is
-  intact, and the same run on a disk with space resumes from it."""
+  """The workdir on a small file system (a tmpfs in a private mount namespace), filled up as
+  soon as step 4's checkpoint is complete: writing step 8 fails. One line on stderr, exit 2, no
+  traceback; step 4 is intact, and the same run on a disk with space resumes from it."""
   small, copy = tmp_path / 'small', tmp_path / 'copy'
   small.mkdir()
   cmd = [sys.executable, '-m', 'ivd_jax.main', '--config=configs/uncond.py',
          f'--workdir={small}/run', *_flags(**{'train.num_steps': 8, 'data.dir': prepared_data()})]
-  script = (f'mount -t tmpfs -o size=10m tmpfs {small} || exit 99; {shlex.join(cmd)}; rc=$?; '
-            f'cp -a {small}/run {copy}; exit $rc')
+  script = (f'mount -t tmpfs -o size=64m tmpfs {small} || exit 99; {shlex.join(cmd)} & pid=$!; '
+            f'while [ ! -d {small}/run/checkpoints/4 ] && kill -0 $pid 2>/dev/null; do '
+            'sleep 0.02; done; '
+            f'dd if=/dev/zero of={small}/filler bs=1M 2>/dev/null; '  # until the disk is full
+            f'wait $pid; rc=$?; cp -a {small}/run {copy}; exit $rc')
   namespace = ['unshare', '-m'] if os.geteuid() == 0 else ['unshare', '-rm']
   result = subprocess.run([*namespace, 'sh', '-c', script], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=900)

@@ -9,7 +9,7 @@ low-resolution copy as the reference does (colour Lanczos-resized then blurred 3
 8 channels (ivd_jax/roles/sr.py). Eps loss and label dropout as G_u.
 
 Presets (configs/common.py: SR_PRESETS):
-  tiny              (default) procedural scenes, 32 -> 64 px (the quickstart's views), a 0.5 M
+  tiny              (default) procedural scenes, 32 -> 64 px (the quickstart's views), a 1.3 M
                     parameter UNet; the dataset is generated in DIR_SR/data when missing.
   imagenet256       the reference's rgbd_imagenet_adm_256_128_small_sr: 128 -> 256 px, 1000
                     classes, 105,714,052 parameters, global batch 32.

@@ -61,10 +61,26 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING
 
 
+class _QuietClosedLoops:
+  """sys.unraisablehook without one echo: after a failed write (e.g. a full disk) orbax closes
+  the asyncio loop of that save while TensorStore still completes its other writes into it
+  ("Event loop is closed"). The failure itself reaches the caller; everything else passes on."""
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable) -> None:
+    if not (isinstance(unraisable.exc_value, RuntimeError) and
+            str(unraisable.exc_value) == 'Event loop is closed'):
+      self.previous(unraisable)
+
+
 def _quiet_library_logs() -> None:
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
     handler.addFilter(_QuietLibraries())
+  if not isinstance(sys.unraisablehook, _QuietClosedLoops):
+    sys.unraisablehook = _QuietClosedLoops(sys.unraisablehook)
 
 
 def resolve_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
