@@ -55,7 +55,7 @@ status=${PIPESTATUS[0]}
 import json, sys
 keys = ('global_batch', 'remat', 'attention', 'dtype', 's_per_step', 'images_per_s', 'mfu',
         'hfu', 'peak_bytes', 'compile_s', 'gu_ddpm_steps_per_s', 'gc_ddim_step_s',
-        'aggregate_27_slots_s', 'view_set_s_per_instance', 'images_per_s', 'skipped', 'error')
+        'aggregate_27_slots_s', 'view_set_s_per_instance', 'skipped', 'error')
 for line in open(sys.argv[1]):
   row = json.loads(line)
   print(row['case'], {k: row[k] for k in keys if k in row})
