@@ -1,6 +1,6 @@
 """Fault injection: kill -9 a training run at random times, resume, and compare bitwise.
 
-  nice python benchmarks/fault_injection.py [--kills 10] [--num_steps 120] [--seed 0] [--out F]
+  nice python benchmarks/fault_injection.py [--kills 10] [--num_steps 200] [--seed 1] [--out F]
 
 Trains a 0.1 M-parameter UNet on 16 px procedural scenes (the tests' small config) with
 asynchronous checkpoints every 2 steps, through the command line (`python -m ivd_jax.main`, one
@@ -98,7 +98,7 @@ def _equal_params(a: str, b: str, ema: bool) -> bool:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--kills', type=int, default=10)
-  parser.add_argument('--num_steps', type=int, default=120)
+  parser.add_argument('--num_steps', type=int, default=200)
   parser.add_argument('--max_delay_s', type=float, default=3.0,
                       help='kills while training land uniformly in this many seconds after the '
                       "attempt's first new step")
