@@ -30,6 +30,7 @@ import jax
 
 import chromium  # tests/chromium.py
 from ivd_jax import main as main_lib
+from ivd_jax import runtime
 from ivd_jax.configs import quickstart as quickstart_config
 from ivd_jax.io import page
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -41,6 +42,7 @@ def main() -> None:
   parser.add_argument('--figures', default=os.path.join(ROOT, 'benchmarks', 'figures'))
   parser.add_argument('--pretrained', default='', help='default: the shipped demo networks')
   args = parser.parse_args()
+  runtime.configure()  # XLA:CPU as `python -m ivd_jax.main` runs it
   if os.path.exists(args.workdir):
     shutil.rmtree(args.workdir)  # every stage from scratch (the compile cache still counts)
   config = quickstart_config.get_config('pretrained')

@@ -41,6 +41,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from ivd_jax.diffusion import losses, samplers, schedule as schedule_lib
+from ivd_jax import runtime
 from ivd_jax.models.unet import UNet
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -52,12 +53,12 @@ CASES = {
 }
 BATCH = 8
 
-# Process settings compared by --variants (environment of the child process). XNN: XNNPACK
-# convolutions in place of YNNPACK ones (launch/local.sh); tcmalloc: Debian's
-# libtcmalloc-minimal4 in place of glibc malloc.
+# Process settings compared by --variants (environment of the child process). default: XLA's
+# own (this script never applies ivd_jax.runtime by itself); XNN: the project's runtime.CPU_FLAGS
+# (XNNPACK convolutions, no YNNPACK fusions), which ivd_jax.main applies; tcmalloc: Debian's
+# libtcmalloc-minimal4 in place of glibc malloc (launch/local.sh).
 TCMALLOC = '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4'
-XNN = ('--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION '
-       '--xla_cpu_experimental_ynn_fusion_type=')
+XNN = ' '.join(runtime.CPU_FLAGS)
 VARIANTS = {
     'default': {},
     'tcmalloc': {'LD_PRELOAD': TCMALLOC},

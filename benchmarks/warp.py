@@ -14,7 +14,9 @@ and random training views (docs/method.md §5), reports the compile time (first 
 steady call), the median seconds per batch after compilation, ms per image / images per second,
 and the process CPU time per image (all threads; the load-independent figure on a shared
 machine). Cases whose batch would hold more than --max_pixels pixels (256 px x 32 by default) are
-skipped so the whole run stays within a few minutes on a 2-core CPU. Never asserts a time.
+skipped so the whole run stays within a few minutes on a 2-core CPU. XLA:CPU runs with the
+project's settings (ivd_jax/runtime.py; IVD_XLA_CPU_FLAGS=0 for XLA's defaults), recorded as
+xla_flags in every line. Never asserts a time.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ivd_jax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ivd_jax.data import procedural  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ivd_jax.geometry import cameras  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ivd_jax.geometry import warp  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -75,11 +78,13 @@ def main(argv=None):
   parser.add_argument('--baseline', default=None,
                       help='file with an earlier forward_backward_warp to A/B against')
   args = parser.parse_args(argv)
+  # XLA:CPU as ivd_jax.main runs it (IVD_XLA_CPU_FLAGS=0: XLA's defaults), for both versions.
+  xla_flags = runtime.configure()
   fbw = _jit_fbw(warp)
   base = _jit_fbw(_load(args.baseline)) if args.baseline else None
   info = dict(machine=f'{os.cpu_count()}-core {platform.machine()} CPU',
               backend=jax.default_backend(), jax=jax.__version__,
-              python=platform.python_version())
+              python=platform.python_version(), xla_flags=xla_flags)
   for size in args.sizes:
     for batch in args.batches:
       case = dict(bench='forward_backward_warp', size=size, batch=batch, ssaa=3, **info)

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from ivd_jax import errors
 from ivd_jax import parallel
+from ivd_jax import runtime
 from ivd_jax.io import paths
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -197,6 +198,7 @@ def main(argv):
 
 def cli() -> None:
   """The console command `ivd-jax` (pyproject.toml), the same as `python -m ivd_jax.main`."""
+  runtime.configure()  # XLA:CPU settings, before the config files or the run compute anything
   try:
     argv = resolve_config_names(sys.argv)
   except app.UsageError as e:

@@ -19,14 +19,8 @@ CONFIG=$1; WORKDIR=$2; shift 2
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 NUM_PROCESSES=${NUM_PROCESSES:-1}
-# XNNPACK convolutions make the UNet train step 12-24 % faster on XLA:CPU than its default
-# (benchmarks/README.md). The flags are experimental and an unknown flag aborts XLA, so they are
-# added only when this jaxlib accepts them; IVD_XNN_CONV=0 turns this off.
-XNN_FLAGS="--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION --xla_cpu_experimental_ynn_fusion_type="
-if [ "${IVD_XNN_CONV:-1}" = 1 ] && XLA_FLAGS="$XNN_FLAGS" JAX_PLATFORMS=cpu "$PY" -c \
-    'import jax.numpy as jnp; jnp.zeros(1).block_until_ready()' > /dev/null 2>&1; then
-  export XLA_FLAGS="${XLA_FLAGS:-} $XNN_FLAGS"
-fi
+# XLA:CPU's fusion settings (XNNPACK convolutions, no YNNPACK fusions) are applied by
+# ivd_jax.main itself (ivd_jax/runtime.py; IVD_XLA_CPU_FLAGS=0 turns them off).
 # Debian's tcmalloc (apt-get install libtcmalloc-minimal4) in place of glibc malloc: XLA:CPU
 # returns and re-maps its buffers every step; with tcmalloc a fixture32 train step takes 8-38x
 # fewer minor page faults and 16-21 % less CPU time (benchmarks/README.md). Used only when

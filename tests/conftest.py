@@ -1,4 +1,4 @@
-"""Test setup: 8 simulated CPU devices and a persistent compilation cache.
+"""Test setup: 8 simulated CPU devices, the project's XLA:CPU settings, a compilation cache.
 
 XLA_FLAGS must be set before jax is imported anywhere, so it happens at the top of this file.
 """
@@ -14,6 +14,10 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from ivd_jax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+runtime.configure()  # XLA:CPU as ivd_jax.main runs it (the fixture equalities hold under it)
 
 jax.config.update('jax_compilation_cache_dir',
                   os.path.join(tempfile.gettempdir(), 'ivd_jax_test_jax_cache'))

@@ -374,7 +374,7 @@ def test_gpu_slurm_exit_status_and_bucket_logs(tmp_path):
 
 
 def test_local_launcher_coordinates_exit_status_and_bucket_logs(tmp_path):
-  env = {**_slurm_env(tmp_path), 'NUM_PROCESSES': '2', 'IVD_XNN_CONV': '0', 'FAKE_EXIT': '5',
+  env = {**_slurm_env(tmp_path), 'NUM_PROCESSES': '2', 'FAKE_EXIT': '5',
          'LOG_DIR': str(tmp_path / 'logs')}
   out = subprocess.run([LOCAL, 'configs/uncond.py', 'gs://b/runs/local', '--config.x=1'],
                        env=env, capture_output=True, text=True, timeout=60, check=False)
