@@ -17,7 +17,9 @@ run before any computation; after that it changes nothing and says so.
 """
 import os
 
+import jaxlib.version
 from absl import logging
+from jax._src import xla_bridge
 
 CPU_FLAGS = ('--xla_cpu_experimental_xnn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION',
              '--xla_cpu_experimental_ynn_fusion_type=')
@@ -28,13 +30,11 @@ OPT_OUT = 'IVD_XLA_CPU_FLAGS'
 
 def cpu_flags_supported() -> bool:
   """Whether the installed jaxlib is a release CPU_FLAGS were measured on."""
-  import jaxlib.version  # pylint: disable=g-import-not-at-top
   release = tuple(int(p) for p in jaxlib.version.__version__.split('.')[:2])
   return release in KNOWN_JAXLIB
 
 
 def _backend_started() -> bool:
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   return bool(getattr(xla_bridge, '_backends', None))
 
 

@@ -20,7 +20,7 @@ SOURCE_DIR = ROOT / PACKAGE
 # The first component under ivd_jax/ (a package or a top-level module) -> its rank.
 # '__init__' is ivd_jax/__init__.py itself (what `import ivd_jax` runs).
 LAYERS = {
-    '__init__': 0, 'errors': 0, 'configs': 0,
+    '__init__': 0, 'errors': 0, 'configs': 0, 'runtime': 0,
     'geometry': 1, 'diffusion': 1,
     'models': 2,
     'roles': 3,
