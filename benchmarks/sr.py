@@ -1,5 +1,6 @@
 r"""G_sr on the procedural scenes: SR vs bilinear upsampling, and consistent vs independent SR.
 
+  .venv/bin/python benchmarks/sr.py --copy_cost
   .venv/bin/python benchmarks/sr.py --workdir=/tmp/sr_bench [--train_steps=2000] \
       [--scenes=64] [--viewset_scenes=4] [--sr_steps=25] [--starts=1.0,0.3] \
       [--viewset_start=0.3] [--modes=independent,consistent]
@@ -10,12 +11,18 @@ r"""G_sr on the procedural scenes: SR vs bilinear upsampling, and consistent vs 
    on), rendered exactly at 32 px; their low-resolution copies (Lanczos, nearest depth, as in
    training but unblurred) are super-resolved and scored against the true renders
    (evaluation/superres.py: colour PSNR, z-buffer MAE, depth abs-rel) beside bilinear upsampling,
-   for every chain start of --starts (sample.sr_start: 1 = DDIM from pure noise, the reference).
+   for every chain start of --starts (sample.sr_start: 1 = DDIM from pure noise, the reference;
+   `START@STEPS` overrides --sr_steps for that start: `0.1@1` is one network evaluation, the
+   predicted x_0 at t = 0.1 T from the noised bilinear upsampling, close to the posterior mean
+   that PSNR rewards, where a sample adds texture PSNR penalises).
 3. View sets: the 3x9 cameras of --viewset_scenes held-out scenes; the low-resolution true views
    super-resolved independently and consistently (sampling/superres.py, chain start
    --viewset_start), scored against the truth
    and by the pairwise 3D consistency of evaluation/consistency.py, beside the true views (the
    ceiling) and bilinear upsampling.
+4. --copy_cost: seconds of the low-resolution training copy (roles/sr.py, made inside the train
+   step) at 32 px (batch 8) and 256 px (the reference's batch of 32), against the whole tiny
+   16 -> 32 train step; only this when given.
 One JSON line per figure; never asserts (tests/test_sr.py asserts a shorter run's bounds). The
 functions are shared with tests/test_sr.py.
 """
@@ -40,11 +47,17 @@ from ivd_jax.configs import sr as sr_config
 from ivd_jax.data import procedural
 from ivd_jax.evaluation import consistency
 from ivd_jax.evaluation import superres as sr_eval
+from ivd_jax.evaluation import tsed as tsed_lib
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import depth as depth_lib
+from ivd_jax import parallel
+from ivd_jax import roles
+from ivd_jax import runtime
 from ivd_jax.pipelines import train
 from ivd_jax.roles import sr as sr_lib
 from ivd_jax.sampling import superres
+from ivd_jax.training import state as state_lib
+from ivd_jax.training import step as step_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 NEAR, FAR = 0.5, 100.0  # the procedural data's z-buffer encoding
@@ -118,19 +131,70 @@ def pair_consistency(rgbd: np.ndarray, views: np.ndarray, s: Any,
                                           neighbours=neighbours)
 
 
+def view_set_tsed(rgbd: np.ndarray, views: np.ndarray, s: Any) -> dict:
+  """TSED (evaluation/tsed.py, the sample section's settings) of view sets [N, V, H, W, 4]."""
+  figures = tsed_lib.tsed(rgbd, views, fov_deg=s.fov_deg,
+                          settings=tsed_lib.TsedSettings.from_config(s), control=False)['views']
+  return {k: figures[k] for k in ('tsed', 'num_pairs', 'num_consistent', 'median_sed',
+                                  'matches_per_pair')}
+
+
+def _seconds(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())
+  t = time.perf_counter()
+  for _ in range(repeats):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t) / repeats
+
+
+def copy_cost(repeats: int = 20) -> list[dict]:
+  """Seconds of the training copy (jitted make_condition) and of the tiny train step."""
+  rows = []
+  key = jax.random.PRNGKey(0)
+  for res, low, batch in ((32, 16, 8), (256, 128, 32)):
+    config = sr_config.get_config('tiny')
+    config.sr.low_resolution = low
+    x = jax.random.uniform(key, (batch, res, res, 4), minval=-1.0, maxval=1.0)
+    fn = jax.jit(lambda x, k, c=config: roles.SR.make_condition(x, k, c))
+    rows.append(dict(case='copy', resolution=res, low_resolution=low, batch=batch,
+                     seconds=_seconds(lambda: fn(x, key), repeats)))
+  config = tiny_16_32(1)
+  mesh = parallel.make_mesh(ml_collections.ConfigDict({'shape': (1, 1)}), jax.devices()[:1])
+  model = roles.SR.network(config.model)
+  tx = state_lib.make_optimizer(config.optim)
+  state, _ = step_lib.init_state(model, tx, config, mesh)
+  step = jax.jit(step_lib.make_train_step(model, tx, config))
+  batch = {'rgbd': jax.random.uniform(key, (8, 32, 32, 4), minval=-1.0, maxval=1.0),
+           'label': jnp.full((8,), -1, jnp.int32)}
+  seconds = _seconds(lambda: step(state, batch)[1]['loss'], repeats)
+  rows.append(dict(case='train_step', resolution=32, batch=8, seconds=seconds,
+                   copy_share=rows[0]['seconds'] / seconds))
+  return rows
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--workdir', help='the G_sr training workdir (created, or resumed)')
   parser.add_argument('--train_steps', type=int, default=2000)
   parser.add_argument('--scenes', type=int, default=64)
   parser.add_argument('--viewset_scenes', type=int, default=4)
   parser.add_argument('--sr_steps', type=int, default=25)
-  parser.add_argument('--starts', default='1.0,0.3', help='sample.sr_start values, single views')
+  parser.add_argument('--starts', default='1.0,0.3,0.1@1',
+                      help='sample.sr_start values (START or START@STEPS), single views')
   parser.add_argument('--viewset_start', type=float, default=0.3)
   parser.add_argument('--modes', default='independent,consistent')
   parser.add_argument('--neighbours', type=int, default=0, help='0 = all view pairs')
+  parser.add_argument('--copy_cost', action='store_true')
   args = parser.parse_args()
+  runtime.configure()  # XLA:CPU as ivd_jax.main runs it
   emit = lambda **kw: print(json.dumps(kw), flush=True)
+  if args.copy_cost:
+    for row in copy_cost():
+      emit(**row)
+    return
+  if not args.workdir:
+    parser.error('--workdir is required')
 
   t0 = time.perf_counter()
   last = train.train_and_evaluate(tiny_16_32(args.train_steps), args.workdir)
@@ -139,10 +203,12 @@ def main() -> None:
   truth, views = true_views(args.scenes, np.zeros((1, 3)) + [0.0, 0.0, 1.0], 32)
   low, up = low_and_bilinear(truth, 16)
   emit(case='single_views', method='bilinear', **sr_eval.sr_error(up, truth, near=NEAR, far=FAR))
-  for start in map(float, args.starts.split(',')):
-    s = sample_config(args.workdir, sr_steps=args.sr_steps, mode='independent', start=start)
+  for item in args.starts.split(','):
+    start, _, steps = item.partition('@')
+    start, steps = float(start), int(steps or args.sr_steps)
+    s = sample_config(args.workdir, sr_steps=steps, mode='independent', start=start)
     sr, timings = super_resolve(s, low, np.broadcast_to(views, (args.scenes,) + views.shape))
-    emit(case='single_views', method='sr', sr_steps=args.sr_steps, sr_start=start,
+    emit(case='single_views', method='sr', sr_steps=steps, sr_start=start,
          timings=timings, **sr_eval.sr_error(sr, truth, near=NEAR, far=FAR))
 
   s = sample_config(args.workdir, sr_steps=args.sr_steps, mode='independent',
@@ -154,6 +220,7 @@ def main() -> None:
   neighbours = args.neighbours or None
   for method, rgbd in (('truth', truth), ('bilinear', up)):
     emit(case='3x9', method=method, consistency=pair_consistency(rgbd, views, s, neighbours),
+         tsed=view_set_tsed(rgbd, views, s),
          **sr_eval.sr_error(rgbd, truth, near=NEAR, far=FAR))
   for mode in args.modes.split(','):
     s.sr_mode = mode
@@ -161,6 +228,7 @@ def main() -> None:
     emit(case='3x9', method=f'sr_{mode}', sr_steps=args.sr_steps, sr_start=s.sr_start,
          timings=timings,
          consistency=pair_consistency(sr, views, s, neighbours),
+         tsed=view_set_tsed(sr, views, s),
          **sr_eval.sr_error(sr, truth, near=NEAR, far=FAR))
 
 

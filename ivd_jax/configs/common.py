@@ -273,7 +273,7 @@ def sr_preset(config: ml_collections.ConfigDict, preset: str) -> None:
     m.attention_resolutions = ()
     m.num_head_channels = 32
     m.num_groups = 8  # 4 channels per group (32 groups of 32 channels would normalise each alone)
-    config.train.num_steps = 2000
+    config.train.num_steps = 1000
     config.train.batch_size = 8
     config.optim.lr = 1e-3
     config.optim.warmup_steps = 50

@@ -31,7 +31,7 @@ def lanczos_resize(image: jax.Array, size: int) -> jax.Array:
 
 
 def nearest_resize(image: jax.Array, size: int) -> jax.Array:
-  """[..., H, W, C] -> [..., size, size, C], PIL's NEAREST: source pixel floor((i + 0.5) H / size)."""
+  """[..., H, W, C] -> [..., size, size, C] like PIL's NEAREST (source floor((i + .5) H / size))."""
   h, w = image.shape[-3:-1]
   rows = jnp.floor((jnp.arange(size) + 0.5) * h / size).astype(jnp.int32)
   cols = jnp.floor((jnp.arange(size) + 0.5) * w / size).astype(jnp.int32)

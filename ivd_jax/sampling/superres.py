@@ -126,7 +126,8 @@ class SuperResSampler:
     settings.validate()
     if net.role is not roles.SR:
       raise errors.ConfigError('sample.sr', f'the checkpoint is a {net.role.title} '
-                               f'({net.role.name!r})', "point sample.sr at a G_sr ('sr') checkpoint")
+                               f'({net.role.name!r})',
+                               "point sample.sr at a G_sr ('sr') checkpoint")
     self.net, self.settings, self.mesh, self.schedule = net, settings, mesh, schedule
     self.resolution, self.low_resolution = net.model.image_size, low_resolution
     self.consistent = settings.mode == 'consistent'
@@ -139,7 +140,8 @@ class SuperResSampler:
     batch, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     self.batch_sharding = batch
     p_shard = parallel.tree_shardings(mesh, net.params)
-    self.params = jax.device_put(sampler_lib._from_host(net.params), p_shard)  # pylint: disable=protected-access
+    # pylint: disable=protected-access (the view sampler's helpers, shared)
+    self.params = jax.device_put(sampler_lib._from_host(net.params), p_shard)
     self._view = jax.jit(
         self._view_impl, in_shardings=(p_shard, batch, batch, rep, batch, rep, batch, batch, batch),
         out_shardings=(batch, (batch, batch, batch)), donate_argnums=(1,))
@@ -171,7 +173,7 @@ class SuperResSampler:
       zeros = jnp.zeros((b, res, res, 1), jnp.float32)
       agg = aggregate_lib.Aggregated(rgbd=jnp.zeros((b, res, res, 4), jnp.float32), mask=zeros,
                                      mask_rgb=zeros, hull=zeros)
-    guided = functools.partial(sampler_lib._network_eps_fn, self.net, params)  # pylint: disable=protected-access
+    guided = functools.partial(sampler_lib._network_eps_fn, self.net, params)
 
     def one(key, label, low1, a):
       vkey = jax.random.fold_in(key, n)

@@ -1,9 +1,11 @@
-"""Exports a trained G_u / G_c pair as the small demo networks `quickstart:pretrained` samples.
+"""Exports trained networks as small demo networks: the G_u / G_c pair `quickstart:pretrained`
+samples, or a G_sr.
 
   python -m ivd_jax.tools.export_demo --uncond=WORKDIR/uncond --cond=WORKDIR/cond \
       --out_dir=ivd_jax/pretrained/demo32
+  python -m ivd_jax.tools.export_demo --sr=SR_WORKDIR --out_dir=tests/fixtures/sr16to32
 
-OUT/uncond and OUT/cond are exported params checkpoints (checkpoint.save_params: params/ and
+OUT/uncond, OUT/cond and OUT/sr are exported params checkpoints (checkpoint.save_params: params/ and
 config.json, the training config with the model, data and diffusion sections sampling reads),
 holding the EMA weights of each workdir's latest step in bfloat16: half the bytes of float32, and
 checkpoint.load_params hands them back as float32. OUT/export.json records where they came from
@@ -23,7 +25,7 @@ from ivd_jax import checkpoint
 from ivd_jax import errors
 from ivd_jax.io import paths
 
-ROLES = ('uncond', 'cond')
+ROLES = ('uncond', 'cond', 'sr')
 
 
 def _bytes_under(folder: str) -> int:
@@ -50,9 +52,13 @@ def export_network(src: str, out: str) -> dict:
 
 def export_pair(uncond: str, cond: str, out: str) -> dict:
   """Both networks into OUT/uncond and OUT/cond, plus OUT/export.json; returns that record."""
-  record = {role: export_network(src, os.path.join(out, role))
-            for role, src in zip(ROLES, (uncond, cond))}
-  record['total_bytes'] = sum(record[r]['bytes'] for r in ROLES)
+  return export_networks({'uncond': uncond, 'cond': cond}, out)
+
+
+def export_networks(sources: dict[str, str], out: str) -> dict:
+  """{role: training workdir} into OUT/<role>, plus OUT/export.json; returns that record."""
+  record = {role: export_network(src, os.path.join(out, role)) for role, src in sources.items()}
+  record['total_bytes'] = sum(record[r]['bytes'] for r in sources)
   with open(os.path.join(out, 'export.json'), 'w') as f:
     json.dump(record, f, indent=1)
   return record
@@ -60,20 +66,22 @@ def export_pair(uncond: str, cond: str, out: str) -> dict:
 
 _UNCOND = flags.DEFINE_string('uncond', None, 'G_u training workdir (e.g. WORKDIR/uncond).')
 _COND = flags.DEFINE_string('cond', None, 'G_c training workdir (e.g. WORKDIR/cond).')
+_SR = flags.DEFINE_string('sr', None, 'G_sr training workdir.')
 _OUT = flags.DEFINE_string('out_dir', None, 'Output folder, e.g. ivd_jax/pretrained/demo32.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not (_UNCOND.value and _COND.value and _OUT.value):
-    raise app.UsageError('--uncond, --cond and --out_dir are required')
+  sources = {role: flag.value for role, flag in zip(ROLES, (_UNCOND, _COND, _SR)) if flag.value}
+  if not (sources and _OUT.value):
+    raise app.UsageError('--out_dir and at least one of --uncond, --cond, --sr are required')
   try:
-    record = export_pair(_UNCOND.value, _COND.value, _OUT.value)
+    record = export_networks(sources, _OUT.value)
   except errors.UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  for role in ROLES:
+  for role in sources:
     r = record[role]
     print(f'{role}: step {r["step"]}, {r["num_params"]:,} parameters, {r["bytes"] / 1e6:.1f} MB '
           f'-> {os.path.join(_OUT.value, role)}')
