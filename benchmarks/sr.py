@@ -2,7 +2,7 @@ r"""G_sr on the procedural scenes: SR vs bilinear upsampling, and consistent vs 
 
   .venv/bin/python benchmarks/sr.py --copy_cost
   .venv/bin/python benchmarks/sr.py --workdir=/tmp/sr_bench [--train_steps=2000] \
-      [--scenes=64] [--viewset_scenes=4] [--sr_steps=25] [--starts=1.0,0.3] \
+      [--scenes=64] [--viewset_scenes=4] [--sr_steps=25] [--starts=1.0,0.3,0.1@1] \
       [--viewset_start=0.3] [--modes=independent,consistent]
 
 1. Trains configs/sr.py:tiny shrunk to 16 -> 32 px (`tiny_16_32`, the test's shape) for
@@ -42,6 +42,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from ivd_jax import parallel
+from ivd_jax import roles
+from ivd_jax import runtime
 from ivd_jax.configs import common
 from ivd_jax.configs import sr as sr_config
 from ivd_jax.data import procedural
@@ -50,9 +53,6 @@ from ivd_jax.evaluation import superres as sr_eval
 from ivd_jax.evaluation import tsed as tsed_lib
 from ivd_jax.geometry import cameras
 from ivd_jax.geometry import depth as depth_lib
-from ivd_jax import parallel
-from ivd_jax import roles
-from ivd_jax import runtime
 from ivd_jax.pipelines import train
 from ivd_jax.roles import sr as sr_lib
 from ivd_jax.sampling import superres
