@@ -85,6 +85,19 @@ def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, BATCH_SPEC)
 
 
+def activation_rules(mesh: jax.sharding.Mesh) -> tuple:
+  """Flax logical-axis rules for the activations the networks mark ('batch': every block's input
+  and output), applied while a train step is traced.
+
+  With sharded parameters (fsdp > 1) the batch stays split over both mesh axes inside the
+  network, and so do the cotangents: XLA then gathers each parameter shard for the forward and
+  reduce-scatters its gradient. Left to itself it may instead gather the whole batch of an fsdp
+  group to compute one parameter shard's gradient (TPU v5e-64, fsdp 8, 2 examples per chip:
+  15.4 GB of temporaries, 3.7x those of fsdp 1). Plain data parallelism needs no rule.
+  """
+  return (('batch', MESH_AXES),) if mesh.shape['fsdp'] > 1 else ()
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

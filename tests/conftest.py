@@ -72,3 +72,14 @@ def smoke_quickstart(tmp_path_factory):
   with contextlib.redirect_stdout(printed):
     summary = main_lib.run(config, str(workdir))
   return config, workdir, summary, printed.getvalue()
+
+
+# Under `-n 2 --dist loadgroup` (the README's command) each file runs whole on one worker, so
+# its module fixtures are built once; files that share a session fixture share a worker too.
+SHARED_WORKER = {'test_page': 'test_quickstart'}  # smoke_quickstart
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    name = item.path.stem
+    item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(name, name)))

@@ -114,9 +114,11 @@ def test_budget_skips_cases():
   assert 'skipped' not in rows[0] and rows[1]['skipped'].startswith('time budget')
 
 
-def test_fit_bytes_fall_as_fsdp_grows():
+def test_fit_bytes_fall_as_fsdp_grows(tmp_path):
   out = io.StringIO()
-  rows = fit.main(['--size=tiny', '--targets=cpu-8', '--fsdp=1,2,8', '--markdown'], out=out)
+  args = ['--size=tiny', '--targets=cpu-8', '--fsdp=1,2,8', '--markdown',
+          f'--records={tmp_path / "records.jsonl"}']
+  rows = fit.main(args, out=out)
   assert [r['fsdp'] for r in rows] == [1, 2, 8]
   for small, large in zip(rows, rows[1:]):
     for key in ('params_bytes', 'optimizer_bytes', 'peak_bytes'):
@@ -133,6 +135,12 @@ def test_fit_bytes_fall_as_fsdp_grows():
   assert checked[0]['check_peak_bytes'] == pytest.approx(
       checked[0]['check_predicted_peak_bytes'], rel=0.1)
   assert '| cpu-8 | 8 |' in out.getvalue()
+  # A rerun takes every compilation from the records and plans the same.
+  again = io.StringIO()
+  assert fit.main(args, out=again) == rows
+  compiles = [json.loads(l) for l in again.getvalue().splitlines() if l.startswith('{')]
+  compiles = [c for c in compiles if c['kind'] in ('compile', 'check')]
+  assert compiles and all(c.get('recorded') for c in compiles)
 
 
 @pytest.mark.parametrize('policy', ['dots', 'full'])

@@ -70,9 +70,7 @@ def _one_step(config, mesh, batch, steps=1):
     tx = state_lib.make_optimizer(config.optim)
     state, shardings = step_lib.init_state(model, tx, config, mesh)
     bs = shard_lib.batch_sharding(mesh)
-    step = jax.jit(step_lib.make_train_step(model, tx, config),
-                   in_shardings=(shardings, {'rgbd': bs, 'label': bs}),
-                   out_shardings=(shardings, shard_lib.replicated(mesh)), donate_argnums=(0,))
+    step = step_lib.jit_train_step(model, tx, config, mesh, shardings)
     for _ in range(steps):
       state, metrics = step(state, jax.device_put(batch, bs))
     sharded = sum(1 for x in jax.tree.leaves(state.params)

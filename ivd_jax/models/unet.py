@@ -50,6 +50,11 @@ def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
   return emb
 
 
+def _batch_split(x: jax.Array) -> jax.Array:
+  """Dim 0 is the logical axis 'batch' (mapped to mesh axes by parallel.activation_rules)."""
+  return nn.with_logical_constraint(x, ('batch',) + (None,) * (x.ndim - 1))
+
+
 class GroupNorm32(nn.Module):
   """GroupNorm in float32, returned in the compute dtype (the reference's GroupNorm32)."""
   num_groups: int = 32
@@ -58,8 +63,8 @@ class GroupNorm32(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nn.GroupNorm(num_groups=self.num_groups, epsilon=_NORM_EPS, dtype=jnp.float32,
                      param_dtype=jnp.float32, use_fast_variance=False, name='gn')(
-                         x.astype(jnp.float32))
-    return y.astype(x.dtype)
+                         _batch_split(x).astype(jnp.float32))
+    return _batch_split(y.astype(x.dtype))
 
 
 def _conv(features: int, kernel: int, dtype: Any, name: str, zero: bool = False) -> nn.Conv:
@@ -91,14 +96,15 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
     # x: [B, H, W, C] compute dtype; emb: [B, E] float32.
+    x = _batch_split(x)
     h = nn.silu(GroupNorm32(self.num_groups, name='in_norm')(x))
     if self.updown == 'down':
       h, x = _avg_pool2(h), _avg_pool2(x)
     elif self.updown == 'up':
       h, x = _nearest_up2(h), _nearest_up2(x)
     h = _conv(self.out_channels, 3, self.dtype, 'in_conv')(h)
-    emb_out = nn.Dense(2 * self.out_channels, dtype=jnp.float32, param_dtype=jnp.float32,
-                       name='emb_proj')(nn.silu(emb))
+    emb_out = _batch_split(nn.Dense(2 * self.out_channels, dtype=jnp.float32,
+                                    param_dtype=jnp.float32, name='emb_proj')(nn.silu(emb)))
     scale, shift = jnp.split(emb_out.astype(h.dtype)[:, None, None, :], 2, axis=-1)
     h = GroupNorm32(self.num_groups, name='out_norm')(h) * (1 + scale) + shift
     h = nn.silu(h)
@@ -106,7 +112,7 @@ class ResBlock(nn.Module):
     h = _conv(self.out_channels, 3, self.dtype, 'out_conv', zero=True)(h)
     if x.shape[-1] != self.out_channels:
       x = _conv(self.out_channels, 1, self.dtype, 'skip')(x)
-    return x + h
+    return _batch_split(x + h)
 
 
 class AttentionBlock(nn.Module):
@@ -128,6 +134,7 @@ class AttentionBlock(nn.Module):
   def __call__(self, x: jax.Array, emb: Optional[jax.Array] = None,
                train: bool = False) -> jax.Array:
     del emb, train  # Same call signature as ResBlock.
+    x = _batch_split(x)
     b, hgt, wid, c = x.shape
     heads = self.num_heads
     ch = c // heads
@@ -145,7 +152,7 @@ class AttentionBlock(nn.Module):
       a = jnp.einsum('bhts,bshc->bthc', weights, v)
     a = nn.Dense(c, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=nn.initializers.zeros,
                  name='proj_out')(a.reshape(b, hgt * wid, c))
-    return x + a.reshape(b, hgt, wid, c)
+    return _batch_split(x + a.reshape(b, hgt, wid, c))
 
 
 class UNet(nn.Module):
@@ -190,9 +197,7 @@ class UNet(nn.Module):
   attention: str = 'xla'
 
   def _heads(self, ch: int) -> int:
-    if self.num_head_channels == -1:
-      return self.num_heads
-    return ch // self.num_head_channels
+    return self.num_heads if self.num_head_channels == -1 else ch // self.num_head_channels
 
   @property
   def remat_policy(self) -> str:
@@ -283,8 +288,9 @@ class UNet(nn.Module):
 
     # Time (and class) embedding, float32.
     emb = timestep_embedding(t, mc)
-    emb = nn.Dense(emb_dim, param_dtype=jnp.float32, name='time_embed_fc1')(emb)
-    emb = nn.Dense(emb_dim, param_dtype=jnp.float32, name='time_embed_fc2')(nn.silu(emb))
+    emb = _batch_split(nn.Dense(emb_dim, param_dtype=jnp.float32, name='time_embed_fc1')(emb))
+    emb = _batch_split(nn.Dense(emb_dim, param_dtype=jnp.float32,
+                                name='time_embed_fc2')(nn.silu(emb)))
     if self.num_classes:
       table = nn.Embed(self.num_classes, emb_dim, param_dtype=jnp.float32, name='label_emb')
       if y is not None:

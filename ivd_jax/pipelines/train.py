@@ -242,7 +242,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   # ----------------------------------------------------------------------- mesh
   mesh = parallel.make_mesh(config.mesh)
-  batch_sharding = parallel.batch_sharding(mesh)
   logging.info('%s: mesh %s over %d devices, %d processes', name, dict(mesh.shape),
                jax.device_count(), jax.process_count())
 
@@ -287,11 +286,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       input_iter.set_state(data_state)
 
     # --------------------------------------------------------------------- step
-    step_fn = jax.jit(
-        step_lib.make_train_step(model, tx, config),
-        in_shardings=(state_shardings, {'rgbd': batch_sharding, 'label': batch_sharding}),
-        out_shardings=(state_shardings, parallel.replicated(mesh)),
-        donate_argnums=(0,))
+    step_fn = step_lib.jit_train_step(model, tx, config, mesh, state_shardings)
     preview_fn = (train_logging.make_preview_fn(model, config)
                   if config.log.sample_every_steps else None)
     preview_cond, preview_ready = None, False

@@ -4,8 +4,10 @@ The step is pure and unjitted; jit_train_step jits it with the state's shardings
 the state. The role (ivd_jax.roles) decides what the network sees; the loss is the eps MSE of
 docs/method.md §7 for every role.
 """
+import functools
 from typing import Any, Callable, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -93,7 +95,14 @@ def jit_train_step(model: unet_lib.UNet, tx: optax.GradientTransformation,
   over both mesh axes, and the state donated, so the new state reuses the old one's buffers and
   a step never holds two copies of parameters, EMA and optimizer moments."""
   batch = parallel.batch_sharding(mesh)
-  return jax.jit(make_train_step(model, tx, config),
+  step, rules = make_train_step(model, tx, config), parallel.activation_rules(mesh)
+
+  @functools.wraps(step)
+  def train_step(state, batch):
+    with nn.logical_axis_rules(rules):  # read while the step is traced
+      return step(state, batch)
+
+  return jax.jit(train_step,
                  in_shardings=(state_shardings, {'rgbd': batch, 'label': batch}),
                  out_shardings=(state_shardings, parallel.replicated(mesh)),
                  donate_argnums=(0,))
