@@ -278,6 +278,13 @@ def plan_target(name: str, size: str, role: str, fsdps: tuple, usable: float,
       summary.update(activation_bytes=int(ext['activation_bytes_per_example'] * recipe),
                      peak_bytes=lo['peak_bytes'],
                      fits_recipe=lo['peak_bytes'] <= usable_bytes, **ext)
+      # The largest batch may be one of the batches compiled: then it is verified already.
+      for point in compiled:
+        if (point['batch_per_device'] == ext['largest_batch_per_device'] and
+            point['peak_bytes'] <= usable_bytes):
+          summary.update(largest_verified=True, check_batch_per_device=point['batch_per_device'],
+                         check_peak_bytes=point['peak_bytes'], check_fits=True,
+                         check_predicted_peak_bytes=point['peak_bytes'])
     summary['slope_from_first_fsdp'] = len(compiled) == 1
     summary['plan'], summary['points'] = plan, [lo, hi]
     rows.append(summary)
