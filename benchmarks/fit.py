@@ -1,6 +1,7 @@
 r"""Fit plans: per-device memory of the imagenet128 train step on real targets, without them.
 
   python benchmarks/fit.py                                   # the four targets, G_u
+  python benchmarks/fit.py --records=benchmarks/fit_records.jsonl --markdown   # the table, reused
   python benchmarks/fit.py --targets=v5e-64 --fsdp=1,8,64 --role=cond
   python benchmarks/fit.py --targets=a100-40gb-x8 --fsdp=8 --remat=dots --records=fit.jsonl
   python benchmarks/fit.py --size=tiny --targets=cpu-8 --fsdp=1,2,4,8   # seconds (the test)
