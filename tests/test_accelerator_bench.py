@@ -97,9 +97,11 @@ def test_every_case_runs_at_tiny_shapes():
   assert full['flops_per_step'] > 1.2 * full['model_flops_per_step']  # the forward runs twice
   s = by['sample']
   assert s['instances'] == 2 and s['guidance'] == 3.0
-  for key in ('gu_step_s', 'gc_ddim_step_s', 'aggregate_27_slots_s', 'view_set_s_per_instance',
+  for key in ('gu_step_s', 'aggregate_27_slots_s', 'view_set_s_per_instance',
               'gu_flops_per_step', 'gu_peak_bytes', 'gc_peak_bytes'):
     assert s[key] > 0, key
+  # A difference of two timings (the view step minus its aggregation), 0 when noise makes it < 0.
+  assert s['gc_ddim_step_s'] >= 0
   assert s['view_set_s'] == pytest.approx(
       1000 * s['gu_step_s'] + 26 * s['further_view_s'], rel=0.01)
   f = by['fid']
